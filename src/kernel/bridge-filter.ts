@@ -1,0 +1,138 @@
+/**
+ * BridgeFilter: keeps the nftables bridge table of L2 anti-spoofing chains in
+ * step with the VIFs the driver wants filtered. One `nft -f` transaction per
+ * apply; the whole table is rewritten when its kernel state is unknown (first
+ * apply, after a failure, after `invalidate()`), otherwise only the VIFs that
+ * changed are written.
+ */
+import { ApplyError } from '../errors.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { renderBridgeTableDelete, renderBridgeTableReplace, renderBridgeTableUpdate } from '../render/bridge.js';
+import type { Names } from '../render/names.js';
+import type { CommandRunner } from './exec.js';
+
+export interface BridgeFilterOptions {
+  names: Names;
+  runner: CommandRunner;
+  nftCommand?: string;
+  logger?: Logger;
+}
+
+export class BridgeFilter {
+  readonly #names: Names;
+  readonly #runner: CommandRunner;
+  readonly #nft: string;
+  readonly #log: Logger;
+  readonly #desired = new Map<string, readonly string[]>();
+  /** devname -> rules as last written; null = unknown */
+  #written: Map<string, readonly string[]> | null = null;
+  #tableExists = false;
+  #queue: Promise<unknown> = Promise.resolve();
+  lastInput = '';
+
+  constructor(options: BridgeFilterOptions) {
+    this.#names = options.names;
+    this.#runner = options.runner;
+    this.#nft = options.nftCommand ?? 'nft';
+    this.#log = options.logger ?? silentLogger;
+  }
+
+  setVif(devname: string, rules: readonly string[]): void {
+    this.#desired.set(devname, [...rules]);
+  }
+
+  removeVif(devname: string): void {
+    this.#desired.delete(devname);
+  }
+
+  hasVif(devname: string): boolean {
+    return this.#desired.has(devname);
+  }
+
+  /** Is the VIF's chain in the kernel as desired, as far as we know? */
+  isInSync(devname: string): boolean {
+    const desired = this.#desired.get(devname);
+    const written = this.#written?.get(devname);
+    return !!desired && !!written && sameRules(desired, written);
+  }
+
+  get vifCount(): number {
+    return this.#desired.size;
+  }
+
+  ruleCount(): number {
+    let n = 1; // the dispatch rule of the base chain
+    for (const rules of this.#desired.values()) n += rules.length;
+    return n;
+  }
+
+  invalidate(): void {
+    this.#written = null;
+  }
+
+  /** The nft script that writes the whole table as desired ('' when no VIF is filtered). */
+  renderFull(): string {
+    return this.#desired.size ? renderBridgeTableReplace(this.#names, this.#desired) : '';
+  }
+
+  apply(): Promise<number> {
+    return this.#serialise(async () => {
+      const script = this.#plan();
+      if (!script) return 0;
+      const snapshot = new Map(this.#desired);
+      await this.#run(script);
+      this.#written = snapshot;
+      return 1;
+    });
+  }
+
+  teardown(): Promise<void> {
+    this.#desired.clear();
+    return this.#serialise(async () => {
+      await this.#run(renderBridgeTableDelete(this.#names));
+      this.#written = new Map();
+      this.#tableExists = false;
+    });
+  }
+
+  #plan(): string {
+    if (this.#written === null || !this.#tableExists) {
+      if (this.#desired.size === 0 && this.#written !== null) return '';
+      return renderBridgeTableReplace(this.#names, this.#desired);
+    }
+    const changed = new Map<string, readonly string[]>();
+    for (const [devname, rules] of this.#desired) {
+      const written = this.#written.get(devname);
+      if (!written || !sameRules(rules, written)) changed.set(devname, rules);
+    }
+    const removed = [...this.#written.keys()].filter((d) => !this.#desired.has(d));
+    return renderBridgeTableUpdate(this.#names, changed, removed);
+  }
+
+  #serialise<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(work, work);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #run(script: string): Promise<void> {
+    this.lastInput = script;
+    const result = await this.#runner.run([this.#nft, '-f', '-'], { input: script });
+    if (result.code !== 0) {
+      this.#written = null;
+      const reason = result.stderr.trim().split('\n')[0] || `exit ${result.code}`;
+      throw new ApplyError(`${this.#nft} failed, previous bridge filter kept: ${reason}`, {
+        tool: this.#nft,
+        exitCode: result.code,
+        stderr: result.stderr,
+        input: script,
+      });
+    }
+    this.#tableExists = true;
+    this.#log.debug({ lines: script.split('\n').length }, 'nft bridge filter applied');
+  }
+}
+
+function sameRules(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((r, i) => r === b[i]);
+}

@@ -1,0 +1,84 @@
+/**
+ * Strict parsing of IP addresses, CIDRs and MAC addresses into canonical text.
+ * Anything that could be misread by a kernel tool (legacy IPv4 forms such as
+ * `10.1` or `010.0.0.1`, IPv6 zone ids, leading zeros in a prefix length) is
+ * refused rather than guessed at.
+ */
+import ipaddr from 'ipaddr.js';
+import type { IpVersion } from './types.js';
+
+export interface ParsedAddress {
+  address: string;
+  version: IpVersion;
+}
+
+export interface ParsedCidr {
+  /** network address / prefix length, canonical */
+  cidr: string;
+  version: IpVersion;
+  prefixLength: number;
+}
+
+/** Canonical text of an IPv4 or IPv6 address, or null when it is not one. */
+export function parseAddress(text: unknown): ParsedAddress | null {
+  if (typeof text !== 'string' || text.length > 45 || text.includes('%')) return null;
+  if (ipaddr.IPv4.isValidFourPartDecimal(text)) {
+    return { address: ipaddr.IPv4.parse(text).toString(), version: 4 };
+  }
+  if (text.includes(':') && ipaddr.IPv6.isValid(text)) {
+    return { address: ipaddr.IPv6.parse(text).toString(), version: 6 };
+  }
+  return null;
+}
+
+/**
+ * Canonical CIDR (host bits cleared, as the kernel stores it). A bare address
+ * is read as a host route (/32 or /128).
+ */
+export function parseCidr(text: unknown): ParsedCidr | null {
+  if (typeof text !== 'string') return null;
+  const slash = text.indexOf('/');
+  const addressPart = slash === -1 ? text : text.slice(0, slash);
+  const parsed = parseAddress(addressPart);
+  if (!parsed) return null;
+  const max = parsed.version === 4 ? 32 : 128;
+  let prefixLength = max;
+  if (slash !== -1) {
+    const lengthText = text.slice(slash + 1);
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(lengthText)) return null;
+    prefixLength = Number(lengthText);
+    if (prefixLength > max) return null;
+  }
+  const network =
+    parsed.version === 4
+      ? ipaddr.IPv4.networkAddressFromCIDR(`${parsed.address}/${prefixLength}`)
+      : ipaddr.IPv6.networkAddressFromCIDR(`${parsed.address}/${prefixLength}`);
+  return { cidr: `${network.toString()}/${prefixLength}`, version: parsed.version, prefixLength };
+}
+
+const MAC_RE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
+
+/** Lower-case unicast MAC, or null when the text is not a usable unicast MAC. */
+export function parseMac(text: unknown): string | null {
+  if (typeof text !== 'string' || !MAC_RE.test(text)) return null;
+  const mac = text.toLowerCase();
+  const firstOctet = parseInt(mac.slice(0, 2), 16);
+  if ((firstOctet & 1) === 1) return null; // multicast or broadcast
+  if (mac === '00:00:00:00:00:00') return null;
+  return mac;
+}
+
+/** The IPv6 link-local address a kernel derives from a MAC (modified EUI-64). */
+export function linkLocalFromMac(mac: string): string {
+  const b = mac.split(':').map((h) => parseInt(h, 16));
+  const bytes = [
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0,
+    (b[0] ?? 0) ^ 0x02, b[1] ?? 0, b[2] ?? 0, 0xff, 0xfe, b[3] ?? 0, b[4] ?? 0, b[5] ?? 0,
+  ];
+  return ipaddr.fromByteArray(bytes).toString();
+}
+
+/** Address with its full-length prefix, as iptables and ipset print it. */
+export function hostCidr(address: string, version: IpVersion): string {
+  return `${address}/${version === 4 ? 32 : 128}`;
+}
