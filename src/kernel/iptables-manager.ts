@@ -285,7 +285,8 @@ export class IptablesManager {
     const builder = new RestoreBuilder('filter', this.names.commentTag);
     const toWrite: [string, string[]][] = [];
     const toDelete: string[] = [];
-    for (const chain of candidates) {
+    // Sorted, so that the same state always gives the same transaction text.
+    for (const chain of [...candidates].sort()) {
       const desired = fam.desired.get(chain);
       if (desired) {
         const hashes = this.#hashesOf(chain, desired);

@@ -1,0 +1,214 @@
+/**
+ * IptablesFirewallDriver over the fake kernel: what each seed method changes,
+ * and that it changes only that. Packet behaviour is proven in test/kernel.
+ */
+import { beforeEach, describe, expect, it } from 'vitest';
+import { ApplyError, NotFilteredError, ValidationError } from '../../src/errors.js';
+import { IptablesFirewallDriver } from '../../src/drivers/iptables-driver.js';
+import { FakeKernel } from '../../src/kernel/fake-kernel.js';
+import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
+import { vif } from '../helpers/scenarios.js';
+
+const web = { id: 'w1' };
+const webNet = [vif(10)];
+const db = { id: 'd1' };
+const dbNet = [vif(20)];
+
+function setup() {
+  const api = new InMemoryVirtAPI();
+  api.putGroup({ id: 'web' }, [
+    { protocol: 'tcp', portRangeMin: 80 },
+    { remoteGroupId: 'db' },
+    { direction: 'egress' },
+  ]);
+  api.putGroup({ id: 'db' }, [{ protocol: 'tcp', portRangeMin: 5432, remoteGroupId: 'web' }, { direction: 'egress' }]);
+  api.putInstance(web, webNet, ['web']);
+  api.putInstance(db, dbNet, ['db']);
+  const kernel = new FakeKernel();
+  const driver = new IptablesFirewallDriver(api, { runner: kernel, allowSameNetTraffic: false });
+  return { api, kernel, driver };
+}
+
+const restores = (k: FakeKernel) => k.callCount('iptables-restore') + k.callCount('ip6tables-restore');
+
+describe('IptablesFirewallDriver (fake kernel)', () => {
+  let api: InMemoryVirtAPI;
+  let kernel: FakeKernel;
+  let driver: IptablesFirewallDriver;
+
+  beforeEach(async () => {
+    ({ api, kernel, driver } = setup());
+    for (const [i, n] of [[web, webNet], [db, dbNet]] as const) {
+      await driver.setupBasicFiltering(i, n);
+      await driver.prepareInstanceFilter(i, n);
+      await driver.applyInstanceFilter(i, n);
+    }
+  });
+
+  it('filters prepared instances and reports them', async () => {
+    expect(await driver.instanceFilterExists(web, webNet)).toBe(true);
+    expect(driver.status().map((s) => [s.instanceId, s.filtered, s.lastError])).toEqual([
+      ['d1', true, null],
+      ['w1', true, null],
+    ]);
+    const webIngress = kernel.chain('4', driver.names.group('web', 'ingress'))?.join('\n') ?? '';
+    expect(webIngress).toContain('-s 10.0.0.20/32 -j ACCEPT');
+  });
+
+  it('a membership refresh rewrites only the chains of groups that name the group', async () => {
+    api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
+    const before = kernel.restoreInputs.length;
+    await driver.refreshSecurityGroupMembers('db');
+    const written = kernel.restoreInputs.slice(before).join('\n');
+    const declared = [...written.matchAll(/^:(\S+)/gm)].map((m) => m[1]);
+    expect(declared).toEqual([driver.names.group('web', 'ingress')]);
+    expect(written).toContain('-s 10.0.0.21/32 -j ACCEPT');
+  });
+
+  it('a rule refresh rewrites only that group chain when the group keeps its kinds of rules', async () => {
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 443 });
+    const before = kernel.restoreInputs.length;
+    await driver.refreshSecurityGroupRules('web');
+    const declared = [...kernel.restoreInputs.slice(before).join('\n').matchAll(/^:(\S+)/gm)].map((m) => m[1]);
+    expect(declared).toEqual([driver.names.group('web', 'ingress')]);
+  });
+
+  it('a group gaining its first IPv6 rule adds the jump to it in its instances', async () => {
+    api.addRule('web', { ethertype: 'IPv6', protocol: 'tcp', portRangeMin: 443 });
+    await driver.refreshSecurityGroupRules('web');
+    expect(kernel.chain('6', driver.names.instanceIngress('w1'))?.join('\n')).toContain(driver.names.group('web', 'ingress'));
+  });
+
+  it('refreshes of groups and members this host does not use do nothing', async () => {
+    const before = restores(kernel);
+    await driver.refreshSecurityGroupRules('elsewhere');
+    await driver.refreshSecurityGroupMembers('elsewhere');
+    expect(restores(kernel)).toBe(before);
+  });
+
+  it('refreshInstanceSecurityRules follows a change of groups and drops unused group chains', async () => {
+    api.setInstanceGroups('w1', ['db']);
+    await driver.refreshInstanceSecurityRules(web);
+    expect(kernel.chain('4', driver.names.group('web', 'ingress'))).toBeUndefined();
+    expect(kernel.chain('4', driver.names.instanceIngress('w1'))?.join('\n')).toContain(driver.names.group('db', 'ingress'));
+  });
+
+  it('refreshInstanceSecurityRules of an instance it does not filter raises', async () => {
+    await expect(driver.refreshInstanceSecurityRules({ id: 'nope' })).rejects.toBeInstanceOf(NotFilteredError);
+  });
+
+  it('provider rules are read on first prepare and on refresh', async () => {
+    expect(kernel.chain('4', driver.names.provider)).toEqual([]);
+    api.addProviderRule({ cidr: '192.0.2.0/24', protocol: 'udp', fromPort: 53, toPort: 53 });
+    await driver.refreshProviderFwRules();
+    expect(kernel.chain('4', driver.names.provider)?.[0]).toContain('-s 192.0.2.0/24 -p udp -m udp --dport 53 -j DROP');
+  });
+
+  it('unfiltering removes every chain and dispatch rule of the instance, and the bridge chain', async () => {
+    await driver.unfilterInstance(web, webNet);
+    const saved = kernel.save('4') + kernel.save('6');
+    expect(saved).not.toContain(driver.names.instanceIngress('w1'));
+    expect(saved).not.toContain('tap10');
+    expect(saved).not.toContain(driver.names.group('web', 'ingress'));
+    expect(kernel.nftScripts.at(-1)).toContain('delete chain bridge virtfw vif-tap10');
+    expect(await driver.instanceFilterExists(web, webNet)).toBe(false);
+  });
+
+  it('unfiltering an instance it does not filter is a no-op', async () => {
+    const before = restores(kernel);
+    await driver.unfilterInstance({ id: 'ghost' }, []);
+    expect(restores(kernel)).toBe(before);
+  });
+
+  it('preparing again replaces the rules instead of adding to them', async () => {
+    const moved = [vif(10, { devname: 'tap99' })];
+    api.putInstance(web, moved, ['web']);
+    await driver.prepareInstanceFilter(web, moved);
+    const dispatch = kernel.save('4');
+    expect(dispatch).toContain('tap99');
+    expect(dispatch).not.toContain('--physdev-in tap10 ');
+  });
+
+  it('deferred apply batches any number of instances into one restore per family', async () => {
+    const before = restores(kernel);
+    driver.filterDeferApplyOn();
+    for (let i = 0; i < 25; i++) {
+      const inst = { id: `n${i}` };
+      const net = [vif(100 + i)];
+      api.putInstance(inst, net, ['web']);
+      await driver.prepareInstanceFilter(inst, net);
+    }
+    expect(restores(kernel)).toBe(before);
+    await driver.filterDeferApplyOff();
+    expect(restores(kernel)).toBe(before + 2);
+    expect(driver.filteredInstances()).toHaveLength(27);
+  });
+
+  it('a failed apply keeps the old rules, reports the error in status, and the next change retries', async () => {
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 8443 });
+    kernel.failNext('iptables-restore', 'Error occurred at line: 2');
+    await expect(driver.refreshSecurityGroupRules('web')).rejects.toBeInstanceOf(ApplyError);
+    expect(kernel.save('4')).not.toContain('8443');
+    expect(driver.status().find((s) => s.instanceId === 'w1')?.lastError).toMatch(/iptables-restore failed/);
+    await driver.refreshSecurityGroupRules('web');
+    expect(kernel.save('4')).toContain('--dport 8443');
+    expect(driver.status().find((s) => s.instanceId === 'w1')?.lastError).toBeNull();
+  });
+
+  it('bad input at the entry points is refused before anything is applied', async () => {
+    const before = restores(kernel) + kernel.callCount('nft');
+    const bad = [
+      () => driver.prepareInstanceFilter({ id: 'x y' }, []),
+      () => driver.prepareInstanceFilter({ id: 'x' }, [{ ...vif(5), devname: 'tap;rm' }]),
+      () => driver.setupBasicFiltering({ id: 'x' }, [{ ...vif(5), address: 'zz' }]),
+      () => driver.refreshSecurityGroupRules('--flush'),
+      () => driver.refreshSecurityGroupMembers('a\nb'),
+      () => driver.prepareInstanceFilter({ id: 'x' }, [vif(5, { devname: 'tap10' })]),
+    ];
+    for (const call of bad) await expect(call()).rejects.toBeInstanceOf(ValidationError);
+    expect(restores(kernel) + kernel.callCount('nft')).toBe(before);
+  });
+
+  it('a bad rule in the data store is refused with the field named, and nothing is applied', async () => {
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 70000 });
+    const before = restores(kernel);
+    const err = await driver.refreshSecurityGroupRules('web').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ValidationError);
+    expect((err as ValidationError).field).toBe('securityGroup web rules[3].portRangeMin');
+    expect(restores(kernel)).toBe(before);
+  });
+
+  it('chain names stay within 28 characters for UUID ids', async () => {
+    const uuid = '3f2504e0-4f89-11d3-9a0c-0305e82c3301';
+    api.putInstance({ id: uuid }, [vif(50)], ['web']);
+    await driver.prepareInstanceFilter({ id: uuid }, [vif(50)]);
+    for (const name of driver.manager.chainNames(4)) expect(name.length).toBeLessThanOrEqual(28);
+  });
+
+  it('teardown leaves nothing of ours', async () => {
+    await driver.teardown();
+    expect(kernel.save('4') + kernel.save('6')).not.toContain('virtfw');
+    expect(kernel.nftScripts.at(-1)).toBe('add table bridge virtfw\ndelete table bridge virtfw\n');
+  });
+});
+
+describe('constructor options', () => {
+  it.each([
+    [{ prefix: 'Bad-Prefix' }, 'options.prefix'],
+    [{ prefix: 'waytoolongprefix' }, 'options.prefix'],
+    [{ fallbackAction: 'ACCEPT' }, 'options.fallbackAction'],
+    [{ memberMatch: 'both' }, 'options.memberMatch'],
+    [{ netns: 'a b' }, 'options.netns'],
+    [{ ipv6: 'yes' }, 'options.ipv6'],
+    [{ lockWaitSeconds: -1 }, 'options.lockWaitSeconds'],
+  ])('%j is refused', (options, field) => {
+    let caught: unknown;
+    try {
+      new IptablesFirewallDriver(new InMemoryVirtAPI(), options as never);
+    } catch (err) {
+      caught = err;
+    }
+    expect(caught).toBeInstanceOf(ValidationError);
+    expect((caught as ValidationError).field).toBe(field);
+  });
+});

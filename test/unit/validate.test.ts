@@ -1,0 +1,182 @@
+import { describe, expect, it } from 'vitest';
+import { ValidationError } from '../../src/errors.js';
+import { linkLocalFromMac, parseCidr } from '../../src/model/addresses.js';
+import { normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
+
+function fieldOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ValidationError);
+    return (err as ValidationError).field;
+  }
+  throw new Error('expected a ValidationError');
+}
+
+const vif = (extra: Record<string, unknown> = {}) => ({
+  address: 'fa:16:3e:00:00:01',
+  devname: 'tap1',
+  network: { subnets: [{ cidr: '10.0.0.0/24', ips: [{ address: '10.0.0.5' }] }] },
+  ...extra,
+});
+
+describe('rule validation names the bad field', () => {
+  it.each([
+    ['malformed CIDR', { remoteIpPrefix: '10.0.0.0/33' }, 'rule.remoteIpPrefix'],
+    ['legacy IPv4 form', { remoteIpPrefix: '10.1/8' }, 'rule.remoteIpPrefix'],
+    ['zero-padded prefix length', { remoteIpPrefix: '10.0.0.0/024' }, 'rule.remoteIpPrefix'],
+    ['port 0', { protocol: 'tcp', portRangeMin: 0, portRangeMax: 10 }, 'rule.portRangeMin'],
+    ['port above 65535', { protocol: 'udp', portRangeMin: 1, portRangeMax: 65536 }, 'rule.portRangeMax'],
+    ['from > to', { protocol: 'tcp', portRangeMin: 90, portRangeMax: 80 }, 'rule.portRangeMin'],
+    ['max without min', { protocol: 'tcp', portRangeMax: 80 }, 'rule.portRangeMin'],
+    ['ports without protocol', { portRangeMin: 80, portRangeMax: 80 }, 'rule.portRangeMin'],
+    ['ports on gre', { protocol: 'gre', portRangeMin: 80 }, 'rule.portRangeMin'],
+    ['icmp type 256', { protocol: 'icmp', portRangeMin: 256 }, 'rule.portRangeMin'],
+    ['icmp type -2', { protocol: 'icmp', portRangeMin: -2 }, 'rule.portRangeMin'],
+    ['icmp code 300', { protocol: 'icmp', portRangeMin: 8, portRangeMax: 300 }, 'rule.portRangeMax'],
+    ['icmp code without type', { protocol: 'icmp', portRangeMin: -1, portRangeMax: 0 }, 'rule.portRangeMax'],
+    ['unknown protocol', { protocol: 'tcpp' }, 'rule.protocol'],
+    ['protocol 256', { protocol: 256 }, 'rule.protocol'],
+    ['protocol 0', { protocol: 0 }, 'rule.protocol'],
+    ['option-like protocol', { protocol: '-j ACCEPT' }, 'rule.protocol'],
+    ['icmpv6 on IPv4', { protocol: 'icmpv6', ethertype: 'IPv4' }, 'rule.protocol'],
+    ['bad direction', { direction: 'inbound' }, 'rule.direction'],
+    ['bad ethertype', { ethertype: 'IPX' }, 'rule.ethertype'],
+    ['ethertype/prefix conflict', { ethertype: 'IPv6', remoteIpPrefix: '10.0.0.0/8' }, 'rule.remoteIpPrefix'],
+    ['both remotes', { remoteIpPrefix: '10.0.0.0/8', remoteGroupId: 'g' }, 'rule.remoteGroupId'],
+    ['group id with space', { remoteGroupId: 'a b' }, 'rule.remoteGroupId'],
+    ['group id with quote', { remoteGroupId: 'a"b' }, 'rule.remoteGroupId'],
+    ['group id with newline', { remoteGroupId: 'a\nb' }, 'rule.remoteGroupId'],
+    ['option-like group id', { remoteGroupId: '--flush' }, 'rule.remoteGroupId'],
+    ['non-integer port', { protocol: 'tcp', portRangeMin: 8.5 }, 'rule.portRangeMin'],
+  ])('%s', (_name, rule, field) => {
+    expect(fieldOf(() => normalizeRule(rule))).toBe(field);
+  });
+
+  it.each([
+    ['missing cidr', { protocol: 'tcp' }, 'providerRule.cidr'],
+    ['bad port range', { cidr: '10.0.0.0/8', protocol: 'tcp', fromPort: 10, toPort: 5 }, 'providerRule.fromPort'],
+    ['unknown protocol', { cidr: '10.0.0.0/8', protocol: 'foo' }, 'providerRule.protocol'],
+  ])('provider rule: %s', (_name, rule, field) => {
+    expect(fieldOf(() => normalizeProviderRule(rule))).toBe(field);
+  });
+});
+
+describe('rule normalisation', () => {
+  it('defaults to ingress IPv4 and reads the family from the prefix', () => {
+    expect(normalizeRule({ protocol: 'TCP', portRangeMin: 22 })).toMatchObject({
+      direction: 'ingress',
+      version: 4,
+      protocol: { name: 'tcp', number: 6 },
+      ports: { kind: 'ports', from: 22, to: 22 },
+      remote: { kind: 'any' },
+    });
+    expect(normalizeRule({ remoteIpPrefix: '2001:DB8::5/64' })).toMatchObject({
+      version: 6,
+      remote: { kind: 'cidr', cidr: '2001:db8::/64' },
+    });
+  });
+
+  it('turns icmp into icmpv6 for IPv6 and keeps -1 as any (Nova)', () => {
+    expect(normalizeRule({ ethertype: 'IPv6', protocol: 'icmp', portRangeMin: 128, portRangeMax: -1 })).toMatchObject({
+      protocol: { name: 'ipv6-icmp', number: 58 },
+      ports: { kind: 'icmp', type: 128, code: -1 },
+    });
+    expect(normalizeRule({ protocol: 'icmp', portRangeMin: -1, portRangeMax: -1 }).ports).toEqual({ kind: 'any' });
+  });
+
+  it('treats /0 as no remote, "any" as every protocol and numbers as protocols', () => {
+    expect(normalizeRule({ remoteIpPrefix: '0.0.0.0/0' }).remote).toEqual({ kind: 'any' });
+    expect(normalizeRule({ protocol: 'any' }).protocol).toBeNull();
+    expect(normalizeRule({ protocol: 47 }).protocol).toEqual({ name: '47', number: 47 });
+    expect(normalizeRule({ protocol: '6', portRangeMin: 80 }).protocol).toEqual({ name: 'tcp', number: 6 });
+  });
+});
+
+describe('instance and network info validation', () => {
+  it.each([
+    ['id with spaces', { id: 'a b' }, [vif()], 'instance.id'],
+    ['id with quote', { id: "a'b" }, [vif()], 'instance.id'],
+    ['option-like id', { id: '-X' }, [vif()], 'instance.id'],
+    ['missing id', {}, [vif()], 'instance.id'],
+    ['name with newline', { id: 'a', name: 'x\ny' }, [vif()], 'instance.name'],
+    ['devname with space', { id: 'a' }, [vif({ devname: 'tap 1' })], 'networkInfo[0].devname'],
+    ['devname too long', { id: 'a' }, [vif({ devname: 'tap0123456789abc' })], 'networkInfo[0].devname'],
+    ['option-like devname', { id: 'a' }, [vif({ devname: '-i' })], 'networkInfo[0].devname'],
+    ['devname with quote', { id: 'a' }, [vif({ devname: 'ta"p' })], 'networkInfo[0].devname'],
+    ['multicast MAC', { id: 'a' }, [vif({ address: '01:00:5e:00:00:01' })], 'networkInfo[0].address'],
+    ['bad MAC', { id: 'a' }, [vif({ address: 'fa:16:3e:00:00' })], 'networkInfo[0].address'],
+    [
+      'bad subnet cidr',
+      { id: 'a' },
+      [vif({ network: { subnets: [{ cidr: '10.0.0.0/40' }] } })],
+      'networkInfo[0].network.subnets[0].cidr',
+    ],
+    [
+      'IPv6 address in IPv4 subnet',
+      { id: 'a' },
+      [vif({ network: { subnets: [{ cidr: '10.0.0.0/24', ips: [{ address: '2001:db8::1' }] }] } })],
+      'networkInfo[0].network.subnets[0].ips[0].address',
+    ],
+    [
+      'bad dhcp server',
+      { id: 'a' },
+      [vif({ network: { subnets: [{ cidr: '10.0.0.0/24', meta: { dhcp_server: '10.0.0' } }] } })],
+      'networkInfo[0].network.subnets[0].meta.dhcp_server',
+    ],
+    [
+      'version that disagrees with cidr',
+      { id: 'a' },
+      [vif({ network: { subnets: [{ cidr: '10.0.0.0/24', version: 6 }] } })],
+      'networkInfo[0].network.subnets[0].version',
+    ],
+    ['duplicate devname', { id: 'a' }, [vif(), vif({ address: 'fa:16:3e:00:00:02' })], 'networkInfo[1].devname'],
+    ['not an array', { id: 'a' }, { devname: 'x' }, 'networkInfo'],
+  ])('%s', (_name, instance, networkInfo, field) => {
+    expect(fieldOf(() => normalizeInstance(instance as never, networkInfo))).toBe(field);
+  });
+
+  it('normalises a Nova VIF', () => {
+    const inst = normalizeInstance({ id: 7 as unknown as string }, [
+      vif({
+        type: 'tap',
+        address: 'FA:16:3E:00:00:01',
+        network: {
+          subnets: [
+            { cidr: '10.0.0.0/24', gateway: { address: '10.0.0.1' }, ips: [{ address: '10.0.0.5' }], meta: { dhcp_server: '10.0.0.2' } },
+            { cidr: '2001:db8::/64', gateway: '2001:db8::1', ips: [{ address: '2001:DB8::0005' }] },
+          ],
+        },
+      }),
+    ]);
+    expect(inst).toEqual({
+      id: '7',
+      name: null,
+      deleted: false,
+      vifs: [
+        {
+          devname: 'tap1',
+          mac: 'fa:16:3e:00:00:01',
+          routed: true,
+          subnets: [
+            { cidr: '10.0.0.0/24', version: 4, gateway: '10.0.0.1', dhcpServer: '10.0.0.2', ips: ['10.0.0.5'] },
+            { cidr: '2001:db8::/64', version: 6, gateway: '2001:db8::1', dhcpServer: null, ips: ['2001:db8::5'] },
+          ],
+        },
+      ],
+    });
+  });
+});
+
+describe('addresses', () => {
+  it('derives the EUI-64 link-local address the kernel uses', () => {
+    expect(linkLocalFromMac('fa:16:3e:00:00:0a')).toBe('fe80::f816:3eff:fe00:a');
+    expect(linkLocalFromMac('02:00:00:00:00:01')).toBe('fe80::ff:fe00:1');
+  });
+
+  it('clears host bits and reads a bare address as a host route', () => {
+    expect(parseCidr('10.0.0.5/24')?.cidr).toBe('10.0.0.0/24');
+    expect(parseCidr('10.0.0.5')?.cidr).toBe('10.0.0.5/32');
+    expect(parseCidr('2001:db8::1%eth0')).toBeNull();
+  });
+});
