@@ -51,3 +51,17 @@ export class DriverLoadError extends FirewallError {
     super('VIRTFW_ERR_DRIVER_LOAD', message, { cause });
   }
 }
+
+/** A resource does not exist, or is not visible to the caller's project. */
+export class NotFoundError extends FirewallError {
+  constructor(resource: string, id: string) {
+    super('VIRTFW_ERR_NOT_FOUND', `${resource} ${id} could not be found`, { details: { resource, id } });
+  }
+}
+
+/** The request conflicts with the current state (a duplicate, or a resource still in use). */
+export class ConflictError extends FirewallError {
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super('VIRTFW_ERR_CONFLICT', message, { details });
+  }
+}
