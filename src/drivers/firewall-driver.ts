@@ -80,4 +80,25 @@ export class FirewallDriver {
 
   /** Stop deferring and apply everything pending now. */
   async filterDeferApplyOff(): Promise<void> {}
+
+  // Beyond the seed: what the service needs to report on and repair a host.
+  // Drivers without a kernel of their own keep these neutral defaults.
+
+  /** Per-instance filter state. */
+  status(): InstanceStatus[] {
+    return [];
+  }
+
+  /** Rules the driver wants in the kernel, by table. */
+  ruleCounts(): Record<string, number> {
+    return {};
+  }
+
+  /** Re-read the kernel and rewrite whatever differs from the driver's model (drift repair). */
+  async resync(): Promise<void> {}
+
+  /** The full ruleset the driver wants, by table, as the kernel tools' input text. */
+  renderRuleset(): Record<string, string> {
+    return {};
+  }
 }

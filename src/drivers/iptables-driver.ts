@@ -228,7 +228,7 @@ export class IptablesFirewallDriver extends FirewallDriver {
   // ------------------------------------------------------------- extensions
 
   /** Per-instance state, for `virtfw status`. */
-  status(): InstanceStatus[] {
+  override status(): InstanceStatus[] {
     const ids = new Set([...this.#instances.keys(), ...this.#basic.keys()]);
     return [...ids].sort().map((instanceId) => ({
       instanceId,
@@ -244,7 +244,7 @@ export class IptablesFirewallDriver extends FirewallDriver {
   }
 
   /** Rules virtfw wants in the kernel: per family, and in the bridge table. */
-  ruleCounts(): { ipv4: number; ipv6: number; bridge: number } {
+  override ruleCounts(): { ipv4: number; ipv6: number; bridge: number } {
     return {
       ipv4: this.manager.ruleCount(4),
       ipv6: this.#versions.includes(6) ? this.manager.ruleCount(6) : 0,
@@ -256,7 +256,7 @@ export class IptablesFirewallDriver extends FirewallDriver {
    * The full ruleset this driver wants, as iptables-restore (--noflush) input
    * per family and an nft script for the bridge table.
    */
-  renderRuleset(): { ipv4: string; ipv6: string; bridge: string } {
+  override renderRuleset(): { ipv4: string; ipv6: string; bridge: string } {
     this.#flush();
     return {
       ipv4: this.manager.renderFull(4),
@@ -272,7 +272,7 @@ export class IptablesFirewallDriver extends FirewallDriver {
   }
 
   /** Re-read the kernel and rewrite whatever differs from the model. */
-  async resync(): Promise<void> {
+  override async resync(): Promise<void> {
     this.invalidate();
     await this.#apply([...this.#instances.keys()]);
   }
@@ -491,10 +491,11 @@ export class IptablesFirewallDriver extends FirewallDriver {
     this.#flush();
     try {
       await this.#ensureBridgeNetfilter();
-      // Anti-spoofing first: an instance's L2 checks are in place before its
-      // chains start accepting traffic for it.
-      if (this.options.bridgeFilter) await this.bridge.apply();
+      // L2 anti-spoofing of a new VIF is in force before its chains accept
+      // traffic, and that of a removed VIF stays until its chains are gone.
+      if (this.options.bridgeFilter) await this.bridge.applyAdditions();
       this.lastApplyStats = await this.manager.apply();
+      if (this.options.bridgeFilter) await this.bridge.apply();
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       for (const id of instances) this.#pendingError.set(id, message);

@@ -4,12 +4,18 @@
  * apply; the whole table is rewritten when its kernel state is unknown (first
  * apply, after a failure, after `invalidate()`), otherwise only the VIFs that
  * changed are written.
+ *
+ * Ordering with iptables: a new VIF's anti-spoofing must be in force before
+ * its iptables chains accept traffic, and a removed VIF's must stay until its
+ * chains are gone. So the driver calls `applyAdditions()` before the iptables
+ * transaction (removed VIFs are kept, "retiring") and `apply()` after it.
  */
 import { ApplyError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { renderBridgeTableDelete, renderBridgeTableReplace, renderBridgeTableUpdate } from '../render/bridge.js';
 import type { Names } from '../render/names.js';
 import type { CommandRunner } from './exec.js';
+import { toolReason } from './iptables-manager.js';
 
 export interface BridgeFilterOptions {
   names: Names;
@@ -18,12 +24,16 @@ export interface BridgeFilterOptions {
   logger?: Logger;
 }
 
+type VifRules = ReadonlyMap<string, readonly string[]>;
+
 export class BridgeFilter {
   readonly #names: Names;
   readonly #runner: CommandRunner;
   readonly #nft: string;
   readonly #log: Logger;
   readonly #desired = new Map<string, readonly string[]>();
+  /** removed from `desired` but maybe still in the kernel, until the next full `apply()` */
+  readonly #retiring = new Map<string, readonly string[]>();
   /** devname -> rules as last written; null = unknown */
   #written: Map<string, readonly string[]> | null = null;
   #tableExists = false;
@@ -39,10 +49,14 @@ export class BridgeFilter {
 
   setVif(devname: string, rules: readonly string[]): void {
     this.#desired.set(devname, [...rules]);
+    this.#retiring.delete(devname);
   }
 
   removeVif(devname: string): void {
+    const rules = this.#desired.get(devname);
+    if (!rules) return;
     this.#desired.delete(devname);
+    this.#retiring.set(devname, rules);
   }
 
   hasVif(devname: string): boolean {
@@ -75,19 +89,19 @@ export class BridgeFilter {
     return this.#desired.size ? renderBridgeTableReplace(this.#names, this.#desired) : '';
   }
 
+  /** Writes new and changed VIFs; VIFs being removed stay in force. */
+  applyAdditions(): Promise<number> {
+    return this.#serialise(() => this.#write(false));
+  }
+
+  /** Writes everything, removals included. */
   apply(): Promise<number> {
-    return this.#serialise(async () => {
-      const script = this.#plan();
-      if (!script) return 0;
-      const snapshot = new Map(this.#desired);
-      await this.#run(script);
-      this.#written = snapshot;
-      return 1;
-    });
+    return this.#serialise(() => this.#write(true));
   }
 
   teardown(): Promise<void> {
     this.#desired.clear();
+    this.#retiring.clear();
     return this.#serialise(async () => {
       await this.#run(renderBridgeTableDelete(this.#names));
       this.#written = new Map();
@@ -95,17 +109,31 @@ export class BridgeFilter {
     });
   }
 
-  #plan(): string {
+  async #write(removals: boolean): Promise<number> {
+    const target: VifRules = removals ? this.#desired : new Map([...this.#retiring, ...this.#desired]);
+    const script = this.#plan(target);
+    if (!script) {
+      if (removals) this.#retiring.clear();
+      return 0;
+    }
+    const snapshot = new Map(target);
+    await this.#run(script);
+    this.#written = snapshot;
+    if (removals) this.#retiring.clear();
+    return 1;
+  }
+
+  #plan(target: VifRules): string {
     if (this.#written === null || !this.#tableExists) {
-      if (this.#desired.size === 0 && this.#written !== null) return '';
-      return renderBridgeTableReplace(this.#names, this.#desired);
+      if (target.size === 0 && this.#written !== null) return '';
+      return renderBridgeTableReplace(this.#names, target);
     }
     const changed = new Map<string, readonly string[]>();
-    for (const [devname, rules] of this.#desired) {
+    for (const [devname, rules] of target) {
       const written = this.#written.get(devname);
       if (!written || !sameRules(rules, written)) changed.set(devname, rules);
     }
-    const removed = [...this.#written.keys()].filter((d) => !this.#desired.has(d));
+    const removed = [...this.#written.keys()].filter((d) => !target.has(d));
     return renderBridgeTableUpdate(this.#names, changed, removed);
   }
 
@@ -120,7 +148,7 @@ export class BridgeFilter {
     const result = await this.#runner.run([this.#nft, '-f', '-'], { input: script });
     if (result.code !== 0) {
       this.#written = null;
-      const reason = result.stderr.trim().split('\n')[0] || `exit ${result.code}`;
+      const reason = toolReason(result.stderr) || `exit ${result.code}`;
       throw new ApplyError(`${this.#nft} failed, previous bridge filter kept: ${reason}`, {
         tool: this.#nft,
         exitCode: result.code,

@@ -337,12 +337,25 @@ export class IptablesManager {
     if (result.code === 0) return;
     const lineNo = /line:?\s*(\d+)/i.exec(result.stderr)?.[1];
     const failedLine = lineNo ? input.split('\n')[Number(lineNo) - 1] : undefined;
-    const reason = result.stderr.trim().split('\n')[0] || `exit ${result.code}`;
+    const reason = toolReason(result.stderr) || `exit ${result.code}`;
     throw new ApplyError(
       `${cmd} failed, previous ruleset kept: ${reason}${failedLine ? ` (at input line ${lineNo}: ${failedLine})` : ''}`,
       { tool: cmd, exitCode: result.code, stderr: result.stderr, input, ...(failedLine ? { failedLine } : {}) },
     );
   }
+}
+
+/**
+ * The kernel's reason from a tool's stderr: iptables-nft-restore starts with
+ * a bare version banner (`iptables-restore v1.8.9 (nf_tables): `) and puts
+ * the reason on the next line; usage hints are noise.
+ */
+export function toolReason(stderr: string): string {
+  return stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !/^\S+ v[\d.]+(?: \([^)]*\))?:$/.test(l) && !/^Try `/.test(l))
+    .join('; ');
 }
 
 function emptyStats(): ApplyStats {

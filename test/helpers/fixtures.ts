@@ -1,0 +1,252 @@
+/**
+ * Shared builders for the real-kernel driver tests: a "lab" (one topology,
+ * one in-memory VirtAPI, drivers bound to the topology's host namespace),
+ * Nova network info for its instances, probe tables and kernel-state dumps.
+ *
+ * Address plan (every lab): one bridge, subnet 10.0.0.0/24 and
+ * 2001:db8::/64. VM number `n` (10-99) gets MAC fa:16:3e:00:00:<n>,
+ * 10.0.0.<n> and 2001:db8::<n>, tap device `tap-<name>`. The subnets' gateway
+ * is .1 / ::1 and the DHCP server 10.0.0.2, as the network info says; a lab
+ * may host namespaces at those addresses (unfiltered "outside" hosts).
+ */
+import { expect } from 'vitest';
+import { IptablesFirewallDriver } from '../../src/drivers/iptables-driver.js';
+import type { DriverOptions } from '../../src/drivers/options.js';
+import type { Instance as NovaInstance, NetworkInfo, SecurityGroupRule } from '../../src/model/types.js';
+import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
+import { listen, ping, tcpConnect, udpExchange, type Listener } from './probe.js';
+import { Topology, type Instance as NsInstance, type TopologyOptions } from './topology.js';
+
+export const SUBNET4 = '10.0.0.0/24';
+export const SUBNET6 = '2001:db8::/64';
+export const GATEWAY4 = '10.0.0.1';
+export const GATEWAY6 = '2001:db8::1';
+export const DHCP_SERVER4 = '10.0.0.2';
+
+/** Time a negative probe waits. Every blocked probe costs this much. */
+export const PROBE_MS = 800;
+
+/** Egress to anywhere, both families: what most test groups need besides their ingress rules. */
+export const EGRESS_ALL: SecurityGroupRule[] = [{ direction: 'egress' }, { direction: 'egress', ethertype: 'IPv6' }];
+
+/** Ports every VM's echo server listens on (blocked probes must hit an open port). */
+export const TCP_PORTS = [22, 80, 81, 7999, 8000, 8001, 8002, 8003, 9000, 9001, 9002];
+export const UDP_PORTS = [5353, 5354, 9000, 9001, 9003];
+
+export interface VmOptions {
+  /** Nova instance fields (default `{ id: name }`). */
+  instance?: Partial<NovaInstance>;
+  /** Override the v6 subnet's gateway in the network info. */
+  gateway6?: string;
+  /** Network info with no DHCP server in the v4 subnet. */
+  noDhcp?: boolean;
+}
+
+/** A namespace of the topology plus the Nova view of it. */
+export interface Vm extends NsInstance {
+  n: number;
+  ip4: string;
+  ip6: string;
+  /** EUI-64 link-local address the kernel derives from the MAC. */
+  lla: string;
+  instance: NovaInstance;
+  nwinfo: NetworkInfo;
+}
+
+export function macOf(n: number): string {
+  if (!Number.isInteger(n) || n < 10 || n > 99) throw new Error(`vm number ${n} outside 10-99`);
+  return `fa:16:3e:00:00:${n}`;
+}
+
+export function linkLocalOf(n: number): string {
+  return `fe80::f816:3eff:fe00:${n}`;
+}
+
+/** Nova network model for one VIF on the lab's subnets. */
+export function networkInfoFor(name: string, n: number, opts: VmOptions = {}): NetworkInfo {
+  return [
+    {
+      id: `vif-${name}`,
+      address: macOf(n),
+      devname: `tap-${name}`,
+      type: 'bridge',
+      network: {
+        id: 'net0',
+        label: 'private',
+        bridge: 'br0',
+        subnets: [
+          {
+            cidr: SUBNET4,
+            version: 4,
+            ips: [{ address: `10.0.0.${n}`, type: 'fixed', version: 4 }],
+            gateway: { address: GATEWAY4 },
+            meta: opts.noDhcp ? {} : { dhcp_server: DHCP_SERVER4 },
+          },
+          {
+            cidr: SUBNET6,
+            version: 6,
+            ips: [{ address: `2001:db8::${n}`, type: 'fixed', version: 6 }],
+            gateway: { address: opts.gateway6 ?? GATEWAY6 },
+          },
+        ],
+      },
+    },
+  ];
+}
+
+export class Lab {
+  readonly api = new InMemoryVirtAPI();
+  readonly vms = new Map<string, Vm>();
+  readonly #listeners: Listener[] = [];
+
+  private constructor(readonly topo: Topology) {}
+
+  static async create(opts: TopologyOptions = {}): Promise<Lab> {
+    return new Lab(await Topology.create(opts));
+  }
+
+  get hostNs(): string {
+    return this.topo.hostNs;
+  }
+
+  /**
+   * Adds a namespace on the bridge and records it in the VirtAPI with its
+   * groups. It stays unfiltered (an "outside" host) until `filter()`.
+   */
+  async vm(name: string, n: number, groups: string[] = [], opts: VmOptions = {}): Promise<Vm> {
+    const ns = await this.topo.addInstance({
+      name,
+      devname: `tap-${name}`,
+      mac: macOf(n),
+      ipv4: [`10.0.0.${n}/24`],
+      ipv6: [`2001:db8::${n}/64`],
+    });
+    const vm: Vm = {
+      ...ns,
+      n,
+      ip4: `10.0.0.${n}`,
+      ip6: `2001:db8::${n}`,
+      lla: linkLocalOf(n),
+      instance: { id: name, name: `instance-${name}`, ...opts.instance },
+      nwinfo: networkInfoFor(name, n, opts),
+    };
+    this.api.putInstance(vm.instance, vm.nwinfo, groups);
+    this.vms.set(name, vm);
+    return vm;
+  }
+
+  /** An unfiltered namespace with an arbitrary address (a DHCP server, a router). */
+  async host(name: string, devname: string, mac: string, ipv4: string[], ipv6: string[] = []): Promise<NsInstance> {
+    return this.topo.addInstance({ name, devname, mac, ipv4, ipv6 });
+  }
+
+  /** A driver working in the lab's host namespace; allowSameNetTraffic is off unless given. */
+  driver(options: DriverOptions = {}): IptablesFirewallDriver {
+    return new IptablesFirewallDriver(this.api, { netns: this.topo.hostNs, allowSameNetTraffic: false, ...options });
+  }
+
+  /** The compute manager's spawn sequence for each VM: basic filtering, then its chains. */
+  async filter(driver: IptablesFirewallDriver, ...vms: Vm[]): Promise<void> {
+    for (const vm of vms) {
+      await driver.setupBasicFiltering(vm.instance, vm.nwinfo);
+      await driver.prepareInstanceFilter(vm.instance, vm.nwinfo);
+      await driver.applyInstanceFilter(vm.instance, vm.nwinfo);
+    }
+  }
+
+  /** Echo servers on every test port of each VM. */
+  async serve(...vms: NsInstance[]): Promise<void> {
+    for (const vm of vms) this.#listeners.push(await listen(vm, { tcp: TCP_PORTS, udp: UDP_PORTS }));
+  }
+
+  hostExec(argv: string[]) {
+    return this.topo.hostExec(argv);
+  }
+
+  /** Runs a command in the host namespace and fails the test if it fails. */
+  async hostMust(argv: string[]): Promise<string> {
+    const r = await this.topo.hostExec(argv);
+    if (r.code !== 0) throw new Error(`${argv.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
+    return r.stdout;
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.all(this.#listeners.splice(0).map((l) => l.stop()));
+    await this.topo.destroy();
+  }
+}
+
+// ------------------------------------------------------------------ probes
+
+export type Probe = () => Promise<boolean>;
+
+export const tcp =
+  (from: NsInstance, ip: string, port: number, timeoutMs = PROBE_MS): Probe =>
+  () =>
+    tcpConnect(from, ip, port, { timeoutMs });
+
+/** TCP from a chosen source address of `from`. */
+export const tcpFrom =
+  (from: NsInstance, sourceIp: string, ip: string, port: number, timeoutMs = PROBE_MS): Probe =>
+  () =>
+    tcpConnect(from, ip, port, { sourceIp, timeoutMs });
+
+export const udp =
+  (from: NsInstance, ip: string, port: number, timeoutMs = PROBE_MS): Probe =>
+  () =>
+    udpExchange(from, ip, port, { timeoutMs });
+
+export const icmp =
+  (from: NsInstance, ip: string, timeoutMs = PROBE_MS): Probe =>
+  () =>
+    ping(from, ip, { timeoutMs });
+
+/**
+ * Runs every probe at once and compares the whole table with the expected
+ * outcomes, so a failure shows every path that misbehaved, by name.
+ */
+export async function expectReach(table: Record<string, readonly [Probe, boolean]>): Promise<void> {
+  const entries = Object.entries(table);
+  const results = await Promise.all(entries.map(([, [probe]]) => probe()));
+  const actual = Object.fromEntries(entries.map(([name], i) => [name, results[i]]));
+  const expected = Object.fromEntries(entries.map(([name, [, outcome]]) => [name, outcome]));
+  expect(actual).toEqual(expected);
+}
+
+// ------------------------------------------------------------ kernel state
+
+/**
+ * `iptables-save` / `ip6tables-save` (all tables) of a namespace, without
+ * `#` lines and with every packet/byte counter zeroed, so two dumps of the
+ * same ruleset compare equal.
+ */
+export async function saveRules(topo: Topology, version: 4 | 6): Promise<string> {
+  const r = await topo.hostExec([version === 4 ? 'iptables-save' : 'ip6tables-save']);
+  if (r.code !== 0) throw new Error(`ip${version === 4 ? '' : '6'}tables-save failed: ${r.stderr}`);
+  return normaliseSave(r.stdout);
+}
+
+export function normaliseSave(text: string): string {
+  return text
+    .split('\n')
+    .filter((line) => line.trim() !== '' && !line.startsWith('#'))
+    .map((line) => line.replace(/\[\d+:\d+\]/g, '[0:0]'))
+    .join('\n');
+}
+
+/** Lines of a dump that are not virtfw's (chains, rules and hooks of ours all name `virtfw`). */
+export function foreignLines(dump: string, prefix = 'virtfw'): string[] {
+  return dump.split('\n').filter((line) => !line.includes(prefix));
+}
+
+/** `nft list ...` in the host namespace; '' when the object does not exist. */
+export async function nftList(topo: Topology, ...what: string[]): Promise<string> {
+  const r = await topo.hostExec(['nft', 'list', ...what]);
+  return r.code === 0 ? r.stdout : '';
+}
+
+/** Both iptables families and the bridge table, for "nothing changed" checks. */
+export async function kernelSnapshot(topo: Topology): Promise<{ v4: string; v6: string; bridge: string }> {
+  const [v4, v6, bridge] = await Promise.all([saveRules(topo, 4), saveRules(topo, 6), nftList(topo, 'table', 'bridge', 'virtfw')]);
+  return { v4, v6, bridge };
+}
