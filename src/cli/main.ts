@@ -6,6 +6,8 @@
 import { Command, CommanderError } from 'commander';
 import { FirewallError } from '../errors.js';
 import { registerHostCommands } from './commands/host.js';
+import { registerResourceCommands } from './commands/resources.js';
+import { registerServiceCommands } from './commands/service.js';
 
 export function buildProgram(): Command {
   const program = new Command('virtfw')
@@ -13,6 +15,8 @@ export function buildProgram(): Command {
     .version('0.1.0')
     .showHelpAfterError('(add --help for usage)')
     .exitOverride();
+  registerServiceCommands(program);
+  registerResourceCommands(program);
   registerHostCommands(program);
   return program;
 }

@@ -31,9 +31,9 @@ import {
  * never in rule text, but they are still held to a plain alphabet: no spaces,
  * quotes, newlines, and nothing that starts like an option.
  */
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}$/;
+export const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}$/;
 /** A network device name: IFNAMSIZ is 16 bytes with the terminating NUL. */
-const DEVNAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
+export const DEVNAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 
 function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}...` : value);

@@ -1,0 +1,120 @@
+/**
+ * The service: data store + REST API + host agent, as `virtfw serve` (all in
+ * one process), `virtfw api` (API only) and `virtfw agent` (agent only).
+ *
+ * Start-up order: open the store and migrate; start the agent (its initial
+ * full sync puts the host's rules in force before anything else happens);
+ * then listen. Shutdown stops listening, lets the agent finish its batch,
+ * and closes the store. The kernel keeps whatever was last applied.
+ */
+import { pino, type Logger as PinoLogger } from 'pino';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { HostAgent } from '../agent/agent.js';
+import { createAgentMetrics } from '../agent/metrics.js';
+import { buildApi } from '../api/server.js';
+import { TokenAuth } from '../api/auth.js';
+import type { FirewallDriver } from '../drivers/firewall-driver.js';
+import { loadDriverWith } from '../drivers/load.js';
+import { IptablesFirewallDriver } from '../drivers/iptables-driver.js';
+import { FakeKernel } from '../kernel/fake-kernel.js';
+import { openStore } from '../store/open.js';
+import type { Store } from '../store/store.js';
+import type { ServiceConfig } from './config.js';
+
+export interface RunningService {
+  readonly config: ServiceConfig;
+  readonly store: Store;
+  readonly agent: HostAgent | null;
+  readonly driver: FirewallDriver | null;
+  /** the API's address once listening */
+  readonly url: string | null;
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  logger?: PinoLogger;
+}
+
+/**
+ * Renders a host's ruleset from the store with a driver that never touches
+ * the kernel: `iptables` gives the iptables-restore input of both families
+ * and the bridge table's nft script; `nft` only what goes through nft.
+ */
+export async function renderHostRuleset(store: Store, host: string, config: ServiceConfig, format: 'iptables' | 'nft' = 'iptables'): Promise<string> {
+  const driver = new IptablesFirewallDriver(store, { ...config.driverOptions, runner: new FakeKernel(), netns: undefined });
+  driver.filterDeferApplyOn();
+  for (const row of await store.instancesOnHost(host)) {
+    const instance = { id: row.id, name: row.name, host: row.host };
+    await driver.setupBasicFiltering(instance, row.networkInfo);
+    await driver.prepareInstanceFilter(instance, row.networkInfo);
+  }
+  const r = driver.renderRuleset();
+  if (format === 'nft') return `# nft -f - (bridge)\n${r.bridge}`;
+  return `# iptables-restore --noflush\n${r.ipv4}\n# ip6tables-restore --noflush\n${r.ipv6}\n# nft -f - (bridge)\n${r.bridge}`;
+}
+
+export async function startService(config: ServiceConfig, options: StartOptions = {}): Promise<RunningService> {
+  const log = options.logger ?? pino({ name: 'virtfw', level: process.env.VIRTFW_LOG_LEVEL ?? 'info' });
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const auth = config.tokenFile ? await TokenAuth.fromFile(config.tokenFile) : null;
+
+  const store = await openStore(config.databaseUrl, { logger: log });
+  let agent: HostAgent | null = null;
+  let driver: FirewallDriver | null = null;
+  let api: Awaited<ReturnType<typeof buildApi>> | null = null;
+  try {
+    await store.migrate();
+    if (config.agent) {
+      const driverOptions = { ...config.driverOptions, logger: log, ...(config.dryRun ? { runner: new FakeKernel() } : {}) };
+      driver = await loadDriverWith('iptables', { firewallDriver: config.driver }, store, driverOptions);
+      agent = new HostAgent({
+        store,
+        driver,
+        host: config.host,
+        logger: log,
+        metrics: createAgentMetrics(registry),
+        resyncIntervalMs: config.resyncIntervalMs,
+      });
+      const started = performance.now();
+      log.info({ host: config.host, driver: config.driver, dryRun: config.dryRun }, 'initial sync of host');
+      await agent.start();
+      log.info({ host: config.host, ms: Math.round(performance.now() - started), instances: driver.status().length }, 'host in sync');
+    }
+    let url: string | null = null;
+    if (config.api) {
+      const running = agent;
+      api = await buildApi({
+        store,
+        auth,
+        registry,
+        logger: log,
+        ...(running ? { agentStatus: () => running.status() } : {}),
+        renderRuleset: (host, format) => renderHostRuleset(store, host, config, format),
+      });
+      url = await api.listen({ host: config.listenHost, port: config.listenPort });
+      log.info({ url, auth: auth ? 'token file' : 'none (loopback admin)' }, 'API listening');
+    }
+    let closing: Promise<void> | null = null;
+    return {
+      config,
+      store,
+      agent,
+      driver,
+      url,
+      close() {
+        closing ??= (async () => {
+          await api?.close();
+          await agent?.stop();
+          await store.close();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await api?.close().catch(() => undefined);
+    await agent?.stop().catch(() => undefined);
+    await store.close().catch(() => undefined);
+    throw err;
+  }
+}
