@@ -81,23 +81,10 @@ function notFoundType(error: NotFoundError): string {
   return NOT_FOUND_TYPES[key] ?? (key ? `${pascal(resource)}NotFound` : 'HTTPNotFound');
 }
 
-/**
- * A ConflictError's Neutron type: the store's `details.type` when it gives
- * one, else read from what the message says.
- */
+/** A ConflictError's Neutron type, as the store names it. */
 function conflictType(error: ConflictError): string {
-  const given = error.details.type ?? error.details.reason;
-  if (typeof given === 'string' && /^[A-Z][A-Za-z0-9]+$/.test(given)) return given;
-  const m = error.message.toLowerCase();
-  if (m.includes('default')) {
-    if (/delet|remov/.test(m)) return 'SecurityGroupCannotRemoveDefault';
-    if (/renam|updat|chang/.test(m)) return 'SecurityGroupCannotUpdateDefault';
-    if (/exist|reserved|name/.test(m)) return 'SecurityGroupDefaultAlreadyExists';
-  }
-  if (m.includes('in use') || m.includes('used by') || m.includes('referenc')) return 'SecurityGroupInUse';
-  if (m.includes('rule') && /exist|duplicate/.test(m)) return 'SecurityGroupRuleExists';
-  if (m.includes('instance') && /exist|duplicate/.test(m)) return 'InstanceExists';
-  return 'HTTPConflict';
+  const given = error.details.type;
+  return typeof given === 'string' && /^[A-Z][A-Za-z0-9]+$/.test(given) ? given : 'HTTPConflict';
 }
 
 // ---------------------------------------------------------- schema failures

@@ -10,6 +10,8 @@
  * validators, so there is one definition of a valid rule for every entry
  * point; `errors.ts` renames the store's field names to the ones below.
  */
+import { ID_RE } from '../model/validate.js';
+import { HOST_RE } from '../store/input.js';
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 
 // ------------------------------------------------------------------ helpers
@@ -43,9 +45,9 @@ function Envelope<K extends string, T extends TSchema>(key: K, schema: T) {
  * (Ajv's own message would quote the regular expression).
  */
 /** The model's rule for ids (model/validate.ts `validateId`; test/api/schemas.test.ts keeps them equal). */
-export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,254}$';
+export const ID_PATTERN = ID_RE.source;
 /** The store's rule for host names (store/input.ts `checkHost`). */
-export const HOST_PATTERN = '^[A-Za-z0-9._-]{1,255}$';
+export const HOST_PATTERN = HOST_RE.source;
 export const PATTERN_HINTS: Readonly<Record<string, string>> = Object.freeze({
   [ID_PATTERN]:
     'is not a valid id (1-255 characters: letters, digits and . _ : @ + -, starting with a letter or digit)',

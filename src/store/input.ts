@@ -13,7 +13,7 @@ import { ANY_PROTOCOL_NAMES } from '../model/protocols.js';
 const CONTROL_RE = /[\u0000-\u001f\u007f]/;
 // eslint-disable-next-line no-control-regex
 const DESCRIPTION_CONTROL_RE = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/;
-const HOST_RE = /^[A-Za-z0-9._-]{1,255}$/;
+export const HOST_RE = /^[A-Za-z0-9._-]{1,255}$/;
 
 function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}...` : value);

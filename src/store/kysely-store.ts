@@ -355,7 +355,7 @@ export class KyselyStore implements Store {
     const name = checkName('name', body.name);
     const description = checkDescription('description', body.description);
     if (name === DEFAULT_GROUP_NAME) {
-      throw new ConflictError(`Security group name "${DEFAULT_GROUP_NAME}" is reserved for the project's default group`);
+      throw new ConflictError(`Security group name "${DEFAULT_GROUP_NAME}" is reserved for the project's default group`, { type: 'SecurityGroupDefaultAlreadyExists' });
     }
     const group = await this.#write(async (ctx) => {
       const group = await this.#insertGroup(ctx, project, name, description);
@@ -407,9 +407,9 @@ export class KyselyStore implements Store {
     const updated = await this.#write(async (ctx) => {
       const group = await this.#group(ctx.trx, scope, id, true);
       if (name !== undefined && name !== group.name) {
-        if (group.name === DEFAULT_GROUP_NAME) throw new ConflictError('The default security group cannot be renamed');
+        if (group.name === DEFAULT_GROUP_NAME) throw new ConflictError('The default security group cannot be renamed', { type: 'SecurityGroupCannotUpdateDefault' });
         if (name === DEFAULT_GROUP_NAME) {
-          throw new ConflictError(`Security group name "${DEFAULT_GROUP_NAME}" is reserved for the project's default group`);
+          throw new ConflictError(`Security group name "${DEFAULT_GROUP_NAME}" is reserved for the project's default group`, { type: 'SecurityGroupDefaultAlreadyExists' });
         }
       }
       const next: SecurityGroupRecord = {
@@ -432,7 +432,7 @@ export class KyselyStore implements Store {
   async deleteSecurityGroup(scope: ProjectScope, id: string): Promise<void> {
     await this.#write(async (ctx) => {
       const group = await this.#group(ctx.trx, scope, id, true);
-      if (group.name === DEFAULT_GROUP_NAME) throw new ConflictError('The default security group cannot be deleted');
+      if (group.name === DEFAULT_GROUP_NAME) throw new ConflictError('The default security group cannot be deleted', { type: 'SecurityGroupCannotRemoveDefault' });
       const member = await ctx.trx
         .selectFrom('instance_security_groups')
         .select('instance_id')
@@ -443,6 +443,7 @@ export class KyselyStore implements Store {
         throw new ConflictError(`Security group ${group.id} is in use by instance ${member.instance_id}`, {
           securityGroupId: group.id,
           instanceId: member.instance_id,
+          type: 'SecurityGroupInUse',
         });
       }
       const referrer = await ctx.trx
@@ -455,7 +456,7 @@ export class KyselyStore implements Store {
       if (referrer) {
         throw new ConflictError(
           `Security group ${group.id} is in use by rule ${referrer.id} of security group ${referrer.security_group_id}`,
-          { securityGroupId: group.id, ruleId: referrer.id },
+          { securityGroupId: group.id, ruleId: referrer.id, type: 'SecurityGroupInUse' },
         );
       }
       await ctx.trx.deleteFrom('security_group_rules').where('security_group_id', '=', group.id).execute();
@@ -473,8 +474,8 @@ export class KyselyStore implements Store {
       .where('fingerprint', '=', fingerprint)
       .executeTakeFirst();
     return existing
-      ? new ConflictError(`Security group rule already exists. Rule id is ${existing.id}.`, { ruleId: existing.id })
-      : new ConflictError('Security group rule already exists.');
+      ? new ConflictError(`Security group rule already exists. Rule id is ${existing.id}.`, { ruleId: existing.id, type: 'SecurityGroupRuleExists' })
+      : new ConflictError('Security group rule already exists.', { type: 'SecurityGroupRuleExists' });
   }
 
   async createRule(scope: ProjectScope, input: NewRule): Promise<RuleRow> {
@@ -513,7 +514,7 @@ export class KyselyStore implements Store {
           .where('fingerprint', '=', fingerprint)
           .executeTakeFirst();
         if (duplicate) {
-          throw new ConflictError(`Security group rule already exists. Rule id is ${duplicate.id}.`, { ruleId: duplicate.id });
+          throw new ConflictError(`Security group rule already exists. Rule id is ${duplicate.id}.`, { ruleId: duplicate.id, type: 'SecurityGroupRuleExists' });
         }
         const rule: RuleRecord = {
           id: randomUUID(),
@@ -535,7 +536,7 @@ export class KyselyStore implements Store {
         ctx.changes.push({ kind: 'rules', groupId: group.id });
         return rule;
       },
-      (target) => (target === 'rule' ? this.#duplicateOf(fingerprint) : Promise.resolve(new ConflictError('the rule already exists'))),
+      (target) => (target === 'rule' ? this.#duplicateOf(fingerprint) : Promise.resolve(new ConflictError('the rule already exists', { type: 'SecurityGroupRuleExists' }))),
     );
     return ruleRow(row);
   }
@@ -640,7 +641,7 @@ export class KyselyStore implements Store {
     const created = await this.#write(
       async (ctx) => {
         const existing = await ctx.trx.selectFrom('instances').select('id').where('id', '=', id).executeTakeFirst();
-        if (existing) throw new ConflictError(`Instance ${id} already exists`, { instanceId: id });
+        if (existing) throw new ConflictError(`Instance ${id} already exists`, { instanceId: id, type: 'InstanceExists' });
         const groups = await this.#resolveGroups(ctx, project, requested);
         const row: InstanceRecordRow = {
           id,
@@ -659,7 +660,7 @@ export class KyselyStore implements Store {
       },
       async (target) =>
         target === 'instance'
-          ? new ConflictError(`Instance ${id} already exists`, { instanceId: id })
+          ? new ConflictError(`Instance ${id} already exists`, { instanceId: id, type: 'InstanceExists' })
           : new ConflictError('the instance conflicts with an existing resource'),
     );
     return created;
