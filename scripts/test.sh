@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/ensure-postgres.sh
 npm run --silent typecheck
 npm run --silent lint
 CI=true npx vitest run "$@"
