@@ -228,7 +228,7 @@ export class KyselyStore implements Store {
       try {
         const { result, seq } = await this.#b.writeTransaction(async (trx) => {
           const changes: Change[] = [];
-          const result = await fn({ trx, changes, now: new Date().toISOString() });
+          const result = await fn({ trx, changes, now: timestamp() });
           const seq = await this.#appendChanges(trx, changes);
           return { result, seq };
         });
@@ -270,7 +270,7 @@ export class KyselyStore implements Store {
     for (const change of changes) {
       const row = await trx
         .insertInto('changes')
-        .values({ at: new Date().toISOString(), change: JSON.stringify(change) })
+        .values({ at: timestamp(), change: JSON.stringify(change) })
         .returning('seq')
         .executeTakeFirstOrThrow();
       seq = Number(row.seq);
@@ -853,7 +853,7 @@ export class KyselyStore implements Store {
     if (typeof keepSeconds !== 'number' || !Number.isFinite(keepSeconds) || keepSeconds < 0) {
       throw new ValidationError('keepSeconds', `${String(keepSeconds)} is not a non-negative number of seconds`);
     }
-    const cutoff = new Date(Date.now() - keepSeconds * 1000).toISOString();
+    const cutoff = `${new Date(Date.now() - keepSeconds * 1000).toISOString().slice(0, 23)}000Z`;
     return this.#write(async ({ trx }) => {
       // Drop a prefix of the log (everything up to the newest entry older than
       // the cutoff), never the newest entry, so the log stays contiguous.
@@ -933,4 +933,18 @@ export class KyselyStore implements Store {
       toPort: r.to_port === null ? null : Number(r.to_port),
     }));
   }
+}
+
+let lastMicros = 0;
+
+/**
+ * An ISO-8601 UTC time with microseconds that never repeats or goes back
+ * within this process, so rows created in one millisecond still list in the
+ * order they were made (lists sort by created_at, then id).
+ */
+export function timestamp(): string {
+  const micros = Math.max(Date.now() * 1000, lastMicros + 1);
+  lastMicros = micros;
+  const iso = new Date(Math.floor(micros / 1000)).toISOString();
+  return `${iso.slice(0, 23)}${String(micros % 1000).padStart(3, '0')}Z`;
 }

@@ -17,7 +17,7 @@ import { pgQuery, schemaExists } from '../helpers/pg.js';
 import { DIALECTS, storeHarness, type StoreHarness } from '../helpers/store.js';
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-const ISO_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+const ISO_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
 
 const newProject = (): string => `proj-${randomUUID()}`;
 
