@@ -457,9 +457,9 @@ export class IptablesFirewallDriver extends FirewallDriver {
     }
     if (this.#dirtyBase) {
       const views = [...this.#instances.values()];
-      const dispatch = renderDispatch(views, this.render);
       const inputs = baseInputsOf(views, this.#providerRules ?? []);
       for (const v of this.#versions) {
+        const dispatch = renderDispatch(views, v, this.render);
         for (const [name, rules] of renderBaseChains(inputs, v, dispatch, this.render)) this.manager.setChain(v, name, rules);
       }
       this.#dirtyBase = false;

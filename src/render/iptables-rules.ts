@@ -240,10 +240,18 @@ export function instanceChainNames(instanceId: string, names: Names): string[] {
 
 // ----------------------------------------------------------------- dispatch
 
-/** P-from-vm and P-to-vm: one rule per VIF each, in instance order. */
-export function renderDispatch(views: Iterable<InstanceView>, opts: RenderOptions): { fromVm: string[]; toVm: string[] } {
+/**
+ * P-from-vm and P-to-vm of one family. Packets are dispatched by the device
+ * they leave an instance by (`--physdev-in`, or `-i` for a routed tap) and
+ * the device they enter one by (`--physdev-out`, or `-o`). A packet the host
+ * routes onto a bridge has no bridge output port yet when it crosses FORWARD,
+ * so P-to-vm also dispatches on the instance's addresses (Nova's dispatch),
+ * after every device rule.
+ */
+export function renderDispatch(views: Iterable<InstanceView>, version: IpVersion, opts: RenderOptions): { fromVm: string[]; toVm: string[] } {
   const fromVm: string[] = [];
   const toVm: string[] = [];
+  const byAddress: string[] = [];
   const { names } = opts;
   for (const view of views) {
     const egress = names.instanceEgress(view.instance.id);
@@ -257,8 +265,11 @@ export function renderDispatch(views: Iterable<InstanceView>, opts: RenderOption
         toVm.push(join(['-m', 'physdev', '--physdev-out', vif.devname, '--physdev-is-bridged', '-g', ingress]));
       }
     }
+    for (const address of instanceAddresses(view.instance, version)) {
+      byAddress.push(join(['-d', hostCidr(address, version), '-g', ingress]));
+    }
   }
-  return { fromVm, toVm };
+  return { fromVm, toVm: [...toVm, ...byAddress] };
 }
 
 // --------------------------------------------------------------------- base
