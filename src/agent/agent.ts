@@ -49,6 +49,8 @@ export interface HostAgentOptions {
   resyncIntervalMs?: number;
   /** Changes read per batch. Default 1000. */
   batchSize?: number;
+  /** Report status to the store at most this often (and whenever the error state changes); 0 disables. Default 1000 ms. */
+  reportIntervalMs?: number;
 }
 
 export interface AgentStatusReport {
@@ -80,6 +82,10 @@ export class HostAgent {
   readonly #pollMs: number;
   readonly #resyncMs: number;
   readonly #batchSize: number;
+  readonly #reportMs: number;
+  #lastReportAt = 0;
+  #reportedError: string | null | undefined = undefined;
+  #reportTimer: NodeJS.Timeout | null = null;
 
   /** instance id -> JSON of the network info it was prepared with */
   readonly #prepared = new Map<string, string>();
@@ -107,6 +113,7 @@ export class HostAgent {
     this.#pollMs = options.pollIntervalMs ?? 1000;
     this.#resyncMs = options.resyncIntervalMs ?? 60_000;
     this.#batchSize = options.batchSize ?? 1000;
+    this.#reportMs = options.reportIntervalMs ?? 1000;
   }
 
   get appliedSeq(): number {
@@ -133,8 +140,10 @@ export class HostAgent {
     this.#timers = [];
     if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
-    this.#wakeTimer = this.#retryTimer = null;
+    if (this.#reportTimer) clearTimeout(this.#reportTimer);
+    this.#wakeTimer = this.#retryTimer = this.#reportTimer = null;
     await this.#running;
+    if (this.#reportMs > 0) await this.#report();
   }
 
   /** Something may have changed: process the log soon (coalescing bursts). */
@@ -224,7 +233,9 @@ export class HostAgent {
       }
     } finally {
       this.#metrics?.applyDuration.observe((performance.now() - started) / 1000);
+      this.#metrics?.appliedSeq.set(this.#appliedSeq);
       this.#recordRuleCounts();
+      this.#scheduleReport();
     }
   }
 
@@ -244,7 +255,13 @@ export class HostAgent {
     } finally {
       await this.#driver.filterDeferApplyOff();
     }
-    await this.#driver.resync();
+    // Everything the store says is applied; whatever the kernel still
+    // differs in was changed behind our back.
+    const repaired = await this.#driver.resync();
+    if (repaired > 0) {
+      this.#metrics?.driftRepairs.inc(repaired);
+      this.#log.warn({ host: this.host, repaired }, 'repaired drift in the kernel');
+    }
     this.#fullSyncWanted = false;
     this.#appliedSeq = Math.max(this.#appliedSeq, seq);
     this.#applied(rows.length, 'full');
@@ -331,6 +348,34 @@ export class HostAgent {
     this.#lastApply = new Date();
     this.#metrics?.applies.inc({ kind });
     this.#log.info({ host: this.host, kind, count, appliedSeq: this.#appliedSeq }, 'applied');
+  }
+
+  /** Reports status to the store: at most every reportIntervalMs, at once when the error state changes. */
+  #scheduleReport(): void {
+    if (this.#reportMs <= 0 || this.#stopped) return;
+    const wait = this.#lastReportAt + this.#reportMs - Date.now();
+    if (this.#lastError !== this.#reportedError || wait <= 0) {
+      void this.#report();
+    } else if (!this.#reportTimer) {
+      this.#reportTimer = setTimeout(() => {
+        this.#reportTimer = null;
+        void this.#report();
+      }, wait);
+      this.#reportTimer.unref();
+    }
+  }
+
+  async #report(): Promise<void> {
+    this.#lastReportAt = Date.now();
+    this.#reportedError = this.#lastError;
+    const { host, instances, lastApply, lastError, appliedSeq } = this.status();
+    try {
+      await this.#store.reportAgentStatus({ host, instances, lastApply, lastError, appliedSeq });
+    } catch (err) {
+      // The data store may be down; the next report carries the same news.
+      this.#reportedError = undefined;
+      this.#log.warn({ err: (err as Error).message }, 'cannot report status to the data store');
+    }
   }
 
   #recordRuleCounts(): void {

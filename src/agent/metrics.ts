@@ -6,6 +6,8 @@ export interface AgentMetrics {
   applyDuration: Histogram;
   errors: Counter;
   rules: Gauge<'table'>;
+  driftRepairs: Counter;
+  appliedSeq: Gauge;
 }
 
 export function createAgentMetrics(registry: Registry): AgentMetrics {
@@ -31,6 +33,16 @@ export function createAgentMetrics(registry: Registry): AgentMetrics {
       name: 'virtfw_rules',
       help: 'Rules virtfw wants in the kernel, per table',
       labelNames: ['table'],
+      registers: [registry],
+    }),
+    driftRepairs: new Counter({
+      name: 'virtfw_drift_repairs_total',
+      help: 'Chains, hook rules and bridge chains found changed behind virtfw\'s back and rewritten by a resync',
+      registers: [registry],
+    }),
+    appliedSeq: new Gauge({
+      name: 'virtfw_applied_change_seq',
+      help: 'The last change-log entry whose effect is in the kernel',
       registers: [registry],
     }),
   };

@@ -328,11 +328,17 @@ export const AgentStatusSchema = Type.Object(
     lastApply: Nullable(Timestamp),
     lastError: Nullable(Type.String()),
     appliedSeq: Type.Integer(),
+    updatedAt: Type.Optional(Nullable(Timestamp)),
   },
   { $id: 'AgentStatus', title: 'AgentStatus' },
 );
 export type AgentStatusWire = Static<typeof AgentStatusSchema>;
 export const AgentStatusEnvelope = Type.Object({ status: Ref(AgentStatusSchema) });
+export const AgentStatusList = Type.Object({ agents: Type.Array(Ref(AgentStatusSchema)) });
+export const StatusQuery = Type.Object(
+  { host: Type.Optional(Host) },
+  { additionalProperties: false },
+);
 
 export const HostParams = Type.Object({ host: Host });
 export const RulesetQuery = Type.Object(

@@ -40,6 +40,8 @@ export interface AgentStatus {
   lastError: string | null;
   /** the change-log seq the host's rules reflect */
   appliedSeq: number;
+  /** when the agent last reported it (absent for the agent of this process) */
+  updatedAt?: string | null;
 }
 
 // ------------------------------------------------------------- store → wire
@@ -129,6 +131,7 @@ export function statusToWire(status: AgentStatus): AgentStatusWire {
     lastApply: status.lastApply,
     lastError: status.lastError,
     appliedSeq: status.appliedSeq,
+    ...(status.updatedAt !== undefined ? { updatedAt: status.updatedAt } : {}),
   };
 }
 

@@ -94,8 +94,13 @@ export class FirewallDriver {
     return {};
   }
 
-  /** Re-read the kernel and rewrite whatever differs from the driver's model (drift repair). */
-  async resync(): Promise<void> {}
+  /**
+   * Re-read the kernel and rewrite whatever differs from the driver's model
+   * (drift repair). Returns how many objects (chains, hooks, VIFs) it repaired.
+   */
+  async resync(): Promise<number> {
+    return 0;
+  }
 
   /** The full ruleset the driver wants, by table, as the kernel tools' input text. */
   renderRuleset(): Record<string, string> {

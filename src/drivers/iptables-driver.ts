@@ -271,10 +271,18 @@ export class IptablesFirewallDriver extends FirewallDriver {
     this.bridge.invalidate();
   }
 
-  /** Re-read the kernel and rewrite whatever differs from the model. */
-  override async resync(): Promise<void> {
+  /**
+   * Re-read the kernel and rewrite whatever differs from the model: chains
+   * flushed, edited or deleted by hand, missing hook rules, VIFs' bridge
+   * chains. Returns how many it repaired (0 when the kernel was as written).
+   */
+  override async resync(): Promise<number> {
+    if (this.#deferred) return 0;
+    const bridgeDrift = this.options.bridgeFilter ? await this.bridge.countDrift() : 0;
     this.invalidate();
     await this.#apply([...this.#instances.keys()]);
+    const stats = this.lastApplyStats;
+    return bridgeDrift + (stats ? stats.chainsWritten + stats.chainsDeleted + stats.hookFixes : 0);
   }
 
   /** Remove every chain, hook and table virtfw owns from the kernel, and forget all instances. */

@@ -12,7 +12,7 @@
  */
 import { ApplyError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { renderBridgeTableDelete, renderBridgeTableReplace, renderBridgeTableUpdate } from '../render/bridge.js';
+import { BRIDGE_MAP, renderBridgeTableDelete, renderBridgeTableReplace, renderBridgeTableUpdate } from '../render/bridge.js';
 import type { Names } from '../render/names.js';
 import type { CommandRunner } from './exec.js';
 import { toolReason } from './iptables-manager.js';
@@ -82,6 +82,42 @@ export class BridgeFilter {
 
   invalidate(): void {
     this.#written = null;
+  }
+
+  /**
+   * How many VIFs' chains in the kernel differ from what was last written
+   * (missing, flushed, edited, or their map element gone), read from
+   * `nft -j list table`. Every VIF counts when the table itself is gone.
+   */
+  async countDrift(): Promise<number> {
+    const written = this.#written;
+    if (!written || written.size === 0) return 0;
+    const result = await this.#runner.run([this.#nft, '-j', 'list', 'table', 'bridge', this.#names.bridgeTable]);
+    // A missing table has lost every VIF; any other failure tells nothing
+    // (the resync rewrites the whole table either way).
+    if (result.code !== 0) return /No such file or directory/.test(result.stderr) ? written.size : 0;
+    let listing: { nftables?: Record<string, unknown>[] };
+    try {
+      listing = JSON.parse(result.stdout) as typeof listing;
+    } catch {
+      return 0;
+    }
+    const rulesPerChain = new Map<string, number>();
+    const elements = new Set<string>();
+    for (const item of listing.nftables ?? []) {
+      const rule = item.rule as { chain?: string } | undefined;
+      if (rule?.chain) rulesPerChain.set(rule.chain, (rulesPerChain.get(rule.chain) ?? 0) + 1);
+      const map = item.map as { name?: string; elem?: unknown[] } | undefined;
+      if (map?.name === BRIDGE_MAP) {
+        for (const elem of map.elem ?? []) if (Array.isArray(elem) && typeof elem[0] === 'string') elements.add(elem[0]);
+      }
+    }
+    let drifted = 0;
+    for (const [devname, rules] of written) {
+      const chain = this.#names.bridgeVifChain(devname);
+      if (!elements.has(devname) || rulesPerChain.get(chain) !== rules.length) drifted += 1;
+    }
+    return drifted;
   }
 
   /** The nft script that writes the whole table as desired ('' when no VIF is filtered). */

@@ -57,8 +57,11 @@ export class FakeKernel implements CommandRunner {
       case 'ip6tables-save':
         return ok(this.save(tool === 'iptables-save' ? '4' : '6'));
       case 'nft':
-        this.nftScripts.push(options.input ?? '');
-        return ok('');
+        if (argv.includes('-f')) {
+          this.nftScripts.push(options.input ?? '');
+          return ok('');
+        }
+        return { code: 1, signal: null, stdout: '', stderr: 'nft listing is not modelled by the fake kernel' };
       case 'ipset':
         if (argv[1] === 'restore') this.ipsetScripts.push(options.input ?? '');
         return ok('');

@@ -69,6 +69,8 @@ export interface ApplyStats {
   chainsWritten: number;
   chainsDeleted: number;
   rulesWritten: number;
+  /** hook rules inserted into (or duplicates removed from) built-in chains */
+  hookFixes: number;
   /** lines of restore input */
   inputLines: number;
   durationMs: number;
@@ -324,6 +326,7 @@ export class IptablesManager {
     stats.restores += 1;
     stats.chainsWritten += toWrite.length;
     stats.chainsDeleted += toDelete.length;
+    stats.hookFixes += hookLines.length;
     stats.inputLines += builder.size;
     this.#log.debug(
       { family: `ipv${version}`, chainsWritten: toWrite.length, chainsDeleted: toDelete.length, lines: builder.size },
@@ -359,5 +362,5 @@ export function toolReason(stderr: string): string {
 }
 
 function emptyStats(): ApplyStats {
-  return { restores: 0, chainsWritten: 0, chainsDeleted: 0, rulesWritten: 0, inputLines: 0, durationMs: 0 };
+  return { restores: 0, chainsWritten: 0, chainsDeleted: 0, rulesWritten: 0, hookFixes: 0, inputLines: 0, durationMs: 0 };
 }

@@ -11,9 +11,12 @@ import type { DriverOptions } from '../drivers/options.js';
 export interface ServiceConfig {
   /** SQLite path (default ./virtfw.db) or postgres:// URL */
   databaseUrl: string;
-  /** address and port the API listens on */
-  listenHost: string;
-  listenPort: number;
+  /**
+   * Address and port the API listens on (serve, api), or where an agent
+   * serves its /metrics, /healthz and /status (agent; null: it does not listen).
+   */
+  listenHost: string | null;
+  listenPort: number | null;
   /** this compute host's name: the agent filters the instances whose host is this */
   host: string;
   /** firewall driver name or module specifier */
@@ -76,12 +79,12 @@ export function resolveConfig(
   env: NodeJS.ProcessEnv = process.env,
 ): ServiceConfig {
   const databaseUrl = pick(input.db, env.VIRTFW_DB) ?? './virtfw.db';
-  const listenText = pick(input.listen, env.VIRTFW_LISTEN) ?? '127.0.0.1:8775';
-  const listen = parseListen(listenText, input.listen ? '--listen' : 'VIRTFW_LISTEN');
+  const listenText = pick(input.listen, env.VIRTFW_LISTEN) ?? (mode.api ? '127.0.0.1:8775' : undefined);
+  const listen = listenText === undefined ? null : parseListen(listenText, input.listen ? '--listen' : 'VIRTFW_LISTEN');
   const host = pick(input.host, env.VIRTFW_HOST) ?? hostname();
   if (!HOST_RE.test(host)) throw new ValidationError(input.host ? '--host' : 'VIRTFW_HOST', `${JSON.stringify(host)} is not a host name`);
   const tokenFile = pick(input.tokenFile, env.VIRTFW_TOKEN_FILE) ?? null;
-  if (mode.api && !tokenFile && !isLoopback(listen.host)) {
+  if (mode.api && listen && !tokenFile && !isLoopback(listen.host)) {
     throw new ValidationError(
       '--listen',
       `refusing to listen on ${listen.host} without a token file: every request would act as admin (give --token-file, or listen on 127.0.0.1)`,
@@ -90,8 +93,8 @@ export function resolveConfig(
   const resyncText = pick(input.resyncInterval, env.VIRTFW_RESYNC_INTERVAL) ?? '60';
   return Object.freeze({
     databaseUrl,
-    listenHost: listen.host,
-    listenPort: listen.port,
+    listenHost: listen?.host ?? null,
+    listenPort: listen?.port ?? null,
     host,
     driver: pick(input.driver, env.VIRTFW_FIREWALL_DRIVER) ?? 'iptables',
     driverOptions: { ...input.driverOptions },

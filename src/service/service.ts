@@ -12,6 +12,7 @@ import { Registry, collectDefaultMetrics } from 'prom-client';
 import { HostAgent } from '../agent/agent.js';
 import { createAgentMetrics } from '../agent/metrics.js';
 import { buildApi } from '../api/server.js';
+import { buildAgentEndpoints } from './agent-endpoints.js';
 import { TokenAuth } from '../api/auth.js';
 import type { FirewallDriver } from '../drivers/firewall-driver.js';
 import { loadDriverWith } from '../drivers/load.js';
@@ -82,7 +83,13 @@ export async function startService(config: ServiceConfig, options: StartOptions 
       log.info({ host: config.host, ms: Math.round(performance.now() - started), instances: driver.status().length }, 'host in sync');
     }
     let url: string | null = null;
-    if (config.api) {
+    if (!config.api && agent && config.listenHost !== null && config.listenPort !== null) {
+      // An agent alone serves only what operations need: /metrics, /healthz, /status.
+      api = await buildAgentEndpoints({ registry, store, agent, logger: log });
+      url = await api.listen({ host: config.listenHost, port: config.listenPort });
+      log.info({ url }, 'agent metrics listening');
+    }
+    if (config.api && config.listenHost !== null && config.listenPort !== null) {
       const running = agent;
       api = await buildApi({
         store,

@@ -10,7 +10,7 @@
  * commit after it happened.
  */
 import { randomUUID } from 'node:crypto';
-import type { Kysely, Transaction } from 'kysely';
+import type { Kysely, Selectable, Transaction } from 'kysely';
 import { ConflictError, FirewallError, NotFoundError, ValidationError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { parseCidr } from '../model/addresses.js';
@@ -27,8 +27,17 @@ import {
   ruleFingerprint,
   storedProtocol,
 } from './input.js';
-import type { Database, InstanceRecordRow, NewRuleRecord, ProviderRuleRecord, RuleRecord, SecurityGroupRecord } from './schema.js';
 import type {
+  AgentStatusTable,
+  Database,
+  InstanceRecordRow,
+  NewRuleRecord,
+  ProviderRuleRecord,
+  RuleRecord,
+  SecurityGroupRecord,
+} from './schema.js';
+import type {
+  AgentStatusRow,
   Change,
   ChangeRecord,
   InstanceRow,
@@ -779,6 +788,36 @@ export class KyselyStore implements Store {
     return this.listInstances(null, { host });
   }
 
+  // ------------------------------------------------------ agents' reports
+
+  async reportAgentStatus(status: Omit<AgentStatusRow, 'updatedAt'>): Promise<void> {
+    const host = checkHost('host', status.host);
+    const values = {
+      applied_seq: status.appliedSeq,
+      last_apply: status.lastApply,
+      last_error: status.lastError,
+      instances: JSON.stringify(status.instances),
+      updated_at: timestamp(),
+    };
+    await this.#b.writeTransaction((trx) =>
+      trx
+        .insertInto('agent_status')
+        .values({ host, ...values })
+        .onConflict((oc) => oc.column('host').doUpdateSet(values))
+        .execute(),
+    );
+  }
+
+  async getAgentStatus(host: string): Promise<AgentStatusRow | null> {
+    const row = await this.#db.selectFrom('agent_status').selectAll().where('host', '=', host).executeTakeFirst();
+    return row ? agentStatusRow(row) : null;
+  }
+
+  async listAgentStatus(): Promise<AgentStatusRow[]> {
+    const rows = await this.#db.selectFrom('agent_status').selectAll().orderBy('host').execute();
+    return rows.map(agentStatusRow);
+  }
+
   // ------------------------------------------------------- provider rules
 
   async createProviderRule(input: NewProviderRule): Promise<ProviderRuleRow> {
@@ -947,4 +986,15 @@ export function timestamp(): string {
   lastMicros = micros;
   const iso = new Date(Math.floor(micros / 1000)).toISOString();
   return `${iso.slice(0, 23)}${String(micros % 1000).padStart(3, '0')}Z`;
+}
+
+function agentStatusRow(r: Selectable<AgentStatusTable>): AgentStatusRow {
+  return {
+    host: r.host,
+    appliedSeq: Number(r.applied_seq),
+    lastApply: r.last_apply,
+    lastError: r.last_error,
+    instances: JSON.parse(r.instances) as AgentStatusRow['instances'],
+    updatedAt: r.updated_at,
+  };
 }

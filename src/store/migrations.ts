@@ -138,10 +138,29 @@ function initial(dialect: Dialect): Migration {
   };
 }
 
+/** What each host's agent last reported, so `virtfw status` can answer for any host. */
+const agentStatus: Migration = {
+  async up(db: Kysely<unknown>): Promise<void> {
+    await db.schema
+      .createTable('agent_status')
+      .addColumn('host', 'varchar(255)', (c) => c.primaryKey())
+      .addColumn('applied_seq', 'bigint', (c) => c.notNull())
+      .addColumn('last_apply', 'varchar(32)')
+      .addColumn('last_error', 'text')
+      .addColumn('instances', 'text', (c) => c.notNull())
+      .addColumn('updated_at', 'varchar(32)', (c) => c.notNull())
+      .execute();
+  },
+  async down(db: Kysely<unknown>): Promise<void> {
+    await db.schema.dropTable('agent_status').ifExists().execute();
+  },
+};
+
 /** Every migration, by name; names sort in the order they run. */
 export function migrations(dialect: Dialect): Record<string, Migration> {
   return {
     '0001_initial': initial(dialect),
+    '0002_agent_status': agentStatus,
   };
 }
 

@@ -28,10 +28,34 @@ export function sqlitePath(url: string): string {
   return url;
 }
 
+/**
+ * A PostgreSQL URL may carry virtfw's own parameters, which are taken out
+ * before the URL reaches the driver: `schema` (as the option) and `pool`
+ * (the pool size), e.g. `postgres://db/virtfw?schema=site1&pool=4`.
+ */
+export function splitPostgresUrl(url: string): { url: string; schema?: string; poolSize?: number } {
+  const parsed = new URL(url);
+  const schema = parsed.searchParams.get('schema') ?? undefined;
+  const pool = parsed.searchParams.get('pool');
+  parsed.searchParams.delete('schema');
+  parsed.searchParams.delete('pool');
+  let poolSize: number | undefined;
+  if (pool !== null) {
+    if (!/^[1-9][0-9]{0,3}$/.test(pool)) throw new TypeError(`pool=${pool} in the database URL is not a pool size 1-9999`);
+    poolSize = Number(pool);
+  }
+  return { url: parsed.toString(), ...(schema ? { schema } : {}), ...(poolSize ? { poolSize } : {}) };
+}
+
 export function openStore(url: string = DEFAULT_STORE_URL, options: OpenStoreOptions = {}): Store {
   const logger = options.logger ?? silentLogger;
   if (isPostgresUrl(url)) {
-    const backend = new PostgresBackend(url, { schema: options.schema, poolSize: options.poolSize, logger });
+    const split = splitPostgresUrl(url);
+    const backend = new PostgresBackend(split.url, {
+      schema: options.schema ?? split.schema,
+      poolSize: options.poolSize ?? split.poolSize,
+      logger,
+    });
     return new KyselyStore(backend, { logger });
   }
   if (options.schema !== undefined) throw new TypeError('the schema option is for PostgreSQL only');

@@ -74,6 +74,16 @@ export interface ChangesTable {
   change: string;
 }
 
+export interface AgentStatusTable {
+  host: string;
+  applied_seq: ColumnType<number | string, number, number>;
+  last_apply: string | null;
+  last_error: string | null;
+  /** InstanceStatus[], JSON text */
+  instances: string;
+  updated_at: string;
+}
+
 export interface Database {
   security_groups: SecurityGroupsTable;
   security_group_rules: SecurityGroupRulesTable;
@@ -81,6 +91,7 @@ export interface Database {
   instance_security_groups: InstanceSecurityGroupsTable;
   provider_rules: ProviderRulesTable;
   changes: ChangesTable;
+  agent_status: AgentStatusTable;
 }
 
 export type SecurityGroupRecord = Selectable<SecurityGroupsTable>;

@@ -11,6 +11,7 @@
  * resources; `null` means admin (every project). A resource of another
  * project is reported as not found, never as forbidden.
  */
+import type { InstanceStatus } from '../drivers/firewall-driver.js';
 import type { Instance, NetworkInfo } from '../model/types.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
 
@@ -105,6 +106,17 @@ export interface NewProviderRule {
   toPort?: number | null;
 }
 
+/** What a host's agent last reported. */
+export interface AgentStatusRow {
+  host: string;
+  /** the last change-log entry applied to the kernel */
+  appliedSeq: number;
+  lastApply: string | null;
+  lastError: string | null;
+  instances: InstanceStatus[];
+  updatedAt: string;
+}
+
 /**
  * What a committed write changed. The agent turns each into the driver call
  * the seed names for it (see agent/).
@@ -191,6 +203,12 @@ export interface Store extends VirtAPI {
 
   // -------------------------------------------------------------- reads
   instancesOnHost(host: string): Promise<InstanceRow[]>;
+
+  // ----------------------------------------------------- agents' reports
+  /** Records (replaces) what a host's agent last did. Not a change: agents do not react to it. */
+  reportAgentStatus(status: Omit<AgentStatusRow, 'updatedAt'>): Promise<void>;
+  getAgentStatus(host: string): Promise<AgentStatusRow | null>;
+  listAgentStatus(): Promise<AgentStatusRow[]>;
 }
 
 /** The instance part of an InstanceRow, as the driver takes it. */

@@ -119,6 +119,7 @@ for (const dialect of DIALECTS) {
           [schema],
         );
         expect(tables.rows.map((r) => r.table_name)).toEqual([
+          'agent_status',
           'changes',
           'instance_security_groups',
           'instances',
@@ -129,7 +130,7 @@ for (const dialect of DIALECTS) {
           'virtfw_migration_lock',
         ]);
         const versions = await pgQuery<{ name: string }>(`SELECT name FROM "${schema}".virtfw_migration`);
-        expect(versions.rows.map((r) => r.name)).toEqual(['0001_initial']);
+        expect(versions.rows.map((r) => r.name)).toEqual(['0001_initial', '0002_agent_status']);
         // Nothing leaked into public.
         const leaked = await pgQuery(
           "SELECT 1 FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('changes', 'security_groups')",

@@ -69,6 +69,16 @@ describe('HostAgent', () => {
     expect(kernel.save('4')).not.toContain('tap12');
   });
 
+  it('reports its status to the store, and reports a failure at once', async () => {
+    const reported = await store.getAgentStatus('h1');
+    expect(reported?.instances.map((i) => i.instanceId)).toEqual(['i1', 'i2']);
+    expect(reported?.appliedSeq).toBe(agent.appliedSeq);
+    kernel.failNext('iptables-restore', 'line 9: injected');
+    await store.createRule(P, { securityGroupId: web, direction: 'ingress', protocol: 'tcp', portRangeMin: 7 });
+    await new Promise((r) => setTimeout(r, 50));
+    expect((await store.getAgentStatus('h1'))?.lastError).toMatch(/injected/);
+  });
+
   it('a rule change becomes refreshSecurityGroupRules', async () => {
     calls.length = 0;
     await store.createRule(P, { securityGroupId: web, direction: 'ingress', protocol: 'udp', portRangeMin: 53 });

@@ -20,6 +20,8 @@ function serviceCommand(program: Command, name: string, description: string, mod
     cmd = cmd
       .option('--listen <address:port>', 'API address (env VIRTFW_LISTEN; default 127.0.0.1:8775)')
       .option('--token-file <path>', 'JSON file mapping tokens to projects (env VIRTFW_TOKEN_FILE)');
+  } else {
+    cmd = cmd.option('--listen <address:port>', 'serve /metrics, /healthz and /status here (env VIRTFW_LISTEN; default: do not listen)');
   }
   if (mode.agent) {
     cmd = cmd
@@ -55,24 +57,51 @@ function serviceCommand(program: Command, name: string, description: string, mod
   });
 }
 
+interface AgentStatusView {
+  host: string;
+  lastApply: string | null;
+  lastError: string | null;
+  appliedSeq: number;
+  updatedAt?: string | null;
+  instances: (Record<string, unknown> & { filtered?: boolean })[];
+}
+
+function summary(s: AgentStatusView): string {
+  const error = s.lastError ? `, LAST ERROR: ${s.lastError}` : '';
+  const reported = s.updatedAt ? `, reported ${s.updatedAt}` : '';
+  return `host ${s.host}: last apply ${s.lastApply ?? 'never'}, applied change ${s.appliedSeq}${reported}${error}`;
+}
+
 export function registerServiceCommands(program: Command): void {
   serviceCommand(program, 'serve', 'run the REST API and this host\'s agent, on one data store', { api: true, agent: true });
   serviceCommand(program, 'api', 'run the REST API only (hosts run `virtfw agent`)', { api: true, agent: false });
   serviceCommand(program, 'agent', "run this host's agent only, following the shared data store", { api: false, agent: true });
 
-  withClientFlags(program.command('status').description('per instance on the serving host: filtered or not, last apply, last error')).action(
+  withClientFlags(
+    program
+      .command('status')
+      .description('per instance of a host: filtered or not, last apply, last error')
+      .option('--host <name>', "a host's agent as it last reported (default: the agent of the serving process)"),
+  ).action(async (flags: { json?: boolean; url?: string; token?: string; host?: string }) => {
+    const query = flags.host ? `?host=${encodeURIComponent(flags.host)}` : '';
+    const result = await clientFrom(flags).request<{ status: AgentStatusView }>('GET', `/v2.0/status${query}`);
+    const s = result.status;
+    print(s, Boolean(flags.json), () => [summary(s), table(s.instances, ['instanceId', 'filtered', 'lastApply', 'lastError'])].join('\n'));
+  });
+
+  withClientFlags(program.command('agents').description("every host's agent as it last reported")).action(
     async (flags: { json?: boolean; url?: string; token?: string }) => {
-      const result = await clientFrom(flags).request<{ status: { host: string; lastApply: string | null; lastError: string | null; appliedSeq: number; instances: Record<string, unknown>[] } }>(
-        'GET',
-        '/v2.0/status',
-      );
-      const s = result.status;
-      print(s, Boolean(flags.json), () =>
-        [
-          `host ${s.host}: last apply ${s.lastApply ?? 'never'}, applied change ${s.appliedSeq}${s.lastError ? `, LAST ERROR: ${s.lastError}` : ''}`,
-          table(s.instances, ['instanceId', 'filtered', 'lastApply', 'lastError']),
-        ].join('\n'),
-      );
+      const result = await clientFrom(flags).request<{ agents: AgentStatusView[] }>('GET', '/v2.0/agents');
+      const rows = result.agents.map((a) => ({
+        host: a.host,
+        instances: a.instances.length,
+        filtered: a.instances.filter((i) => i.filtered).length,
+        appliedSeq: a.appliedSeq,
+        lastApply: a.lastApply,
+        reported: a.updatedAt ?? null,
+        lastError: a.lastError,
+      }));
+      print(result.agents, Boolean(flags.json), () => table(rows));
     },
   );
 }
