@@ -23,7 +23,7 @@ import {
   validateId,
   validateInstance,
 } from '../model/validate.js';
-import { renderBridgeVifRules } from '../render/bridge.js';
+import { bridgeVifOf } from '../render/bridge.js';
 import {
   VERSIONS,
   baseInputsOf,
@@ -123,7 +123,7 @@ export class IptablesFirewallDriver extends FirewallDriver {
     if (!this.options.bridgeFilter) return;
     const bridged = inst.vifs.filter((v) => !v.routed);
     this.#basic.set(inst.id, bridged);
-    for (const vif of bridged) this.bridge.setVif(vif.devname, renderBridgeVifRules(vif));
+    for (const vif of bridged) this.bridge.setVif(bridgeVifOf(vif));
     await this.#apply([inst.id]);
   }
 
@@ -244,11 +244,13 @@ export class IptablesFirewallDriver extends FirewallDriver {
   }
 
   /** Rules virtfw wants in the kernel: per family, and in the bridge table. */
-  override ruleCounts(): { ipv4: number; ipv6: number; bridge: number } {
+  override ruleCounts(): { ipv4: number; ipv6: number; bridge: number; bridgeElements: number } {
+    const bridged = this.options.bridgeFilter && this.bridge.vifCount > 0;
     return {
       ipv4: this.manager.ruleCount(4),
       ipv6: this.#versions.includes(6) ? this.manager.ruleCount(6) : 0,
-      bridge: this.options.bridgeFilter && this.bridge.vifCount > 0 ? this.bridge.ruleCount() : 0,
+      bridge: bridged ? this.bridge.ruleCount() : 0,
+      bridgeElements: bridged ? this.bridge.elementCount() : 0,
     };
   }
 

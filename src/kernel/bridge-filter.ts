@@ -1,9 +1,9 @@
 /**
- * BridgeFilter: keeps the nftables bridge table of L2 anti-spoofing chains in
- * step with the VIFs the driver wants filtered. One `nft -f` transaction per
- * apply; the whole table is rewritten when its kernel state is unknown (first
- * apply, after a failure, after `invalidate()`), otherwise only the VIFs that
- * changed are written.
+ * BridgeFilter: keeps the nftables bridge table of L2 anti-spoofing in step
+ * with the VIFs the driver wants filtered (see render/bridge.ts: one fixed
+ * chain, per-VIF data in sets). One `nft -f` transaction per apply: the whole
+ * table when its kernel state is unknown (first apply, after a failure, after
+ * `invalidate()`), otherwise only the set elements that changed.
  *
  * Ordering with iptables: a new VIF's anti-spoofing must be in force before
  * its iptables chains accept traffic, and a removed VIF's must stay until its
@@ -12,7 +12,16 @@
  */
 import { ApplyError } from '../errors.js';
 import { silentLogger, type Logger } from '../logger.js';
-import { BRIDGE_MAP, renderBridgeTableDelete, renderBridgeTableReplace, renderBridgeTableUpdate } from '../render/bridge.js';
+import {
+  BRIDGE_RULES,
+  BRIDGE_SET_NAMES,
+  bridgeElements,
+  renderBridgeElementUpdate,
+  renderBridgeTableDelete,
+  renderBridgeTableReplace,
+  type BridgeSet,
+  type BridgeVif,
+} from '../render/bridge.js';
 import type { Names } from '../render/names.js';
 import type { CommandRunner } from './exec.js';
 import { toolReason } from './iptables-manager.js';
@@ -24,18 +33,21 @@ export interface BridgeFilterOptions {
   logger?: Logger;
 }
 
-type VifRules = ReadonlyMap<string, readonly string[]>;
+type Vifs = ReadonlyMap<string, BridgeVif>;
+
+const sameVif = (a: BridgeVif, b: BridgeVif): boolean =>
+  a.mac === b.mac && a.ip4.length === b.ip4.length && a.ip6.length === b.ip6.length && a.ip4.every((x, i) => x === b.ip4[i]) && a.ip6.every((x, i) => x === b.ip6[i]);
 
 export class BridgeFilter {
   readonly #names: Names;
   readonly #runner: CommandRunner;
   readonly #nft: string;
   readonly #log: Logger;
-  readonly #desired = new Map<string, readonly string[]>();
+  readonly #desired = new Map<string, BridgeVif>();
   /** removed from `desired` but maybe still in the kernel, until the next full `apply()` */
-  readonly #retiring = new Map<string, readonly string[]>();
-  /** devname -> rules as last written; null = unknown */
-  #written: Map<string, readonly string[]> | null = null;
+  readonly #retiring = new Map<string, BridgeVif>();
+  /** devname -> VIF as last written; null = unknown */
+  #written: Map<string, BridgeVif> | null = null;
   #tableExists = false;
   #queue: Promise<unknown> = Promise.resolve();
   lastInput = '';
@@ -47,36 +59,42 @@ export class BridgeFilter {
     this.#log = options.logger ?? silentLogger;
   }
 
-  setVif(devname: string, rules: readonly string[]): void {
-    this.#desired.set(devname, [...rules]);
-    this.#retiring.delete(devname);
+  setVif(vif: BridgeVif): void {
+    this.#desired.set(vif.devname, vif);
+    this.#retiring.delete(vif.devname);
   }
 
   removeVif(devname: string): void {
-    const rules = this.#desired.get(devname);
-    if (!rules) return;
+    const vif = this.#desired.get(devname);
+    if (!vif) return;
     this.#desired.delete(devname);
-    this.#retiring.set(devname, rules);
+    this.#retiring.set(devname, vif);
   }
 
   hasVif(devname: string): boolean {
     return this.#desired.has(devname);
   }
 
-  /** Is the VIF's chain in the kernel as desired, as far as we know? */
+  /** Is the VIF's anti-spoofing in the kernel as desired, as far as we know? */
   isInSync(devname: string): boolean {
     const desired = this.#desired.get(devname);
     const written = this.#written?.get(devname);
-    return !!desired && !!written && sameRules(desired, written);
+    return !!desired && !!written && sameVif(desired, written);
   }
 
   get vifCount(): number {
     return this.#desired.size;
   }
 
+  /** Rules of the table: a fixed chain, whatever the number of VIFs. */
   ruleCount(): number {
-    let n = 1; // the dispatch rule of the base chain
-    for (const rules of this.#desired.values()) n += rules.length;
+    return BRIDGE_RULES.length;
+  }
+
+  /** Set elements of the table. */
+  elementCount(): number {
+    let n = 0;
+    for (const vif of this.#desired.values()) for (const set of BRIDGE_SET_NAMES) n += bridgeElements(vif)[set].length;
     return n;
   }
 
@@ -84,45 +102,9 @@ export class BridgeFilter {
     this.#written = null;
   }
 
-  /**
-   * How many VIFs' chains in the kernel differ from what was last written
-   * (missing, flushed, edited, or their map element gone), read from
-   * `nft -j list table`. Every VIF counts when the table itself is gone.
-   */
-  async countDrift(): Promise<number> {
-    const written = this.#written;
-    if (!written || written.size === 0) return 0;
-    const result = await this.#runner.run([this.#nft, '-j', 'list', 'table', 'bridge', this.#names.bridgeTable]);
-    // A missing table has lost every VIF; any other failure tells nothing
-    // (the resync rewrites the whole table either way).
-    if (result.code !== 0) return /No such file or directory/.test(result.stderr) ? written.size : 0;
-    let listing: { nftables?: Record<string, unknown>[] };
-    try {
-      listing = JSON.parse(result.stdout) as typeof listing;
-    } catch {
-      return 0;
-    }
-    const rulesPerChain = new Map<string, number>();
-    const elements = new Set<string>();
-    for (const item of listing.nftables ?? []) {
-      const rule = item.rule as { chain?: string } | undefined;
-      if (rule?.chain) rulesPerChain.set(rule.chain, (rulesPerChain.get(rule.chain) ?? 0) + 1);
-      const map = item.map as { name?: string; elem?: unknown[] } | undefined;
-      if (map?.name === BRIDGE_MAP) {
-        for (const elem of map.elem ?? []) if (Array.isArray(elem) && typeof elem[0] === 'string') elements.add(elem[0]);
-      }
-    }
-    let drifted = 0;
-    for (const [devname, rules] of written) {
-      const chain = this.#names.bridgeVifChain(devname);
-      if (!elements.has(devname) || rulesPerChain.get(chain) !== rules.length) drifted += 1;
-    }
-    return drifted;
-  }
-
   /** The nft script that writes the whole table as desired ('' when no VIF is filtered). */
   renderFull(): string {
-    return this.#desired.size ? renderBridgeTableReplace(this.#names, this.#desired) : '';
+    return this.#desired.size ? renderBridgeTableReplace(this.#names, this.#desired.values()) : '';
   }
 
   /** Writes new and changed VIFs; VIFs being removed stay in force. */
@@ -145,8 +127,49 @@ export class BridgeFilter {
     });
   }
 
+  /**
+   * How many VIFs' anti-spoofing in the kernel differs from what was last
+   * written (elements missing or extra), read from `nft -j list table`.
+   * Every VIF counts when the table itself is gone.
+   */
+  async countDrift(): Promise<number> {
+    const written = this.#written;
+    if (!written || written.size === 0) return 0;
+    const result = await this.#runner.run([this.#nft, '-j', 'list', 'table', 'bridge', this.#names.bridgeTable]);
+    // A missing table has lost every VIF; any other failure tells nothing
+    // (the resync rewrites the whole table either way).
+    if (result.code !== 0) return /No such file or directory/.test(result.stderr) ? written.size : 0;
+    let listing: { nftables?: { set?: { name?: string; elem?: unknown[] } }[] };
+    try {
+      listing = JSON.parse(result.stdout) as typeof listing;
+    } catch {
+      return 0;
+    }
+    const inKernel = new Map<string, Set<string>>();
+    for (const item of listing.nftables ?? []) {
+      if (item.set?.name) inKernel.set(item.set.name, new Set((item.set.elem ?? []).map(elementText)));
+    }
+    const drifted = new Set<string>();
+    const expected = new Map<string, Set<string>>(BRIDGE_SET_NAMES.map((s) => [s, new Set<string>()]));
+    for (const [devname, vif] of written) {
+      const own = bridgeElements(vif);
+      for (const set of BRIDGE_SET_NAMES) {
+        for (const element of own[set]) {
+          expected.get(set)?.add(element);
+          if (!inKernel.get(set)?.has(element)) drifted.add(devname);
+        }
+      }
+    }
+    for (const set of BRIDGE_SET_NAMES) {
+      for (const element of inKernel.get(set) ?? []) {
+        if (!expected.get(set)?.has(element)) drifted.add(/^"([^"]+)"/.exec(element)?.[1] ?? element);
+      }
+    }
+    return drifted.size;
+  }
+
   async #write(removals: boolean): Promise<number> {
-    const target: VifRules = removals ? this.#desired : new Map([...this.#retiring, ...this.#desired]);
+    const target: Vifs = removals ? this.#desired : new Map([...this.#retiring, ...this.#desired]);
     const script = this.#plan(target);
     if (!script) {
       if (removals) this.#retiring.clear();
@@ -159,18 +182,34 @@ export class BridgeFilter {
     return 1;
   }
 
-  #plan(target: VifRules): string {
+  #plan(target: Vifs): string {
     if (this.#written === null || !this.#tableExists) {
       if (target.size === 0 && this.#written !== null) return '';
-      return renderBridgeTableReplace(this.#names, target);
+      return renderBridgeTableReplace(this.#names, target.values());
     }
-    const changed = new Map<string, readonly string[]>();
-    for (const [devname, rules] of target) {
-      const written = this.#written.get(devname);
-      if (!written || !sameRules(rules, written)) changed.set(devname, rules);
+    const added = new Map<BridgeSet, string[]>();
+    const removed = new Map<BridgeSet, string[]>();
+    const push = (into: Map<BridgeSet, string[]>, set: BridgeSet, items: string[]) => {
+      if (items.length) into.set(set, [...(into.get(set) ?? []), ...items]);
+    };
+    for (const [devname, vif] of target) {
+      const before = this.#written.get(devname);
+      if (before && sameVif(before, vif)) continue;
+      const now = bridgeElements(vif);
+      const was = before ? bridgeElements(before) : null;
+      for (const set of BRIDGE_SET_NAMES) {
+        const old = new Set(was?.[set] ?? []);
+        const next = new Set(now[set]);
+        push(removed, set, [...old].filter((e) => !next.has(e)));
+        push(added, set, [...next].filter((e) => !old.has(e)));
+      }
     }
-    const removed = [...this.#written.keys()].filter((d) => !target.has(d));
-    return renderBridgeTableUpdate(this.#names, changed, removed);
+    for (const [devname, vif] of this.#written) {
+      if (target.has(devname)) continue;
+      const was = bridgeElements(vif);
+      for (const set of BRIDGE_SET_NAMES) push(removed, set, was[set]);
+    }
+    return renderBridgeElementUpdate(this.#names, added, removed);
   }
 
   #serialise<T>(work: () => Promise<T>): Promise<T> {
@@ -197,6 +236,11 @@ export class BridgeFilter {
   }
 }
 
-function sameRules(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((r, i) => r === b[i]);
+/** An element of `nft -j` output as the text render/bridge.ts writes it. */
+function elementText(elem: unknown): string {
+  const value = (v: unknown) => (typeof v === 'string' ? v : JSON.stringify(v));
+  if (typeof elem === 'string') return `"${elem}"`;
+  const concat = (elem as { concat?: unknown[] }).concat;
+  if (Array.isArray(concat)) return concat.map((v, i) => (i === 0 ? `"${value(v)}"` : value(v))).join(' . ');
+  return value(elem);
 }

@@ -13,86 +13,122 @@
  * - DHCP and DHCPv6 server replies, router advertisements and redirects sent
  *   by an instance are dropped.
  *
- * The table holds a verdict map from the ingress device to the VIF's chain,
- * so the per-frame cost does not grow with the number of VIFs.
+ * One fixed chain of a dozen rules serves every VIF: what differs per VIF is
+ * data, held in sets keyed by the ingress device (`ifname . address`). So a
+ * frame's cost does not grow with the number of VIFs (hash lookups), adding
+ * or removing a VIF is adding or deleting set elements, and the rule count on
+ * a host is constant.
  */
 import { linkLocalFromMac } from '../model/addresses.js';
 import type { NormalizedVif } from '../model/types.js';
 import type { Names } from './names.js';
 
-export const BRIDGE_MAP = 'vifs';
 export const BRIDGE_BASE_CHAIN = 'prerouting';
 /** Before br_netfilter (priority 0) hands bridged packets to iptables. */
 export const BRIDGE_PRIORITY = -200;
 
-const set = (items: readonly string[]) => (items.length === 1 ? items[0] : `{ ${items.join(', ')} }`);
+/** The sets of the bridge table, and the nft type of their elements. */
+export const BRIDGE_SETS = {
+  vifs: 'ifname',
+  vif_mac: 'ifname . ether_addr',
+  vif_arp: 'ifname . ipv4_addr',
+  vif_ip4: 'ifname . ipv4_addr',
+  vif_ip6: 'ifname . ipv6_addr',
+} as const;
+export type BridgeSet = keyof typeof BRIDGE_SETS;
+export const BRIDGE_SET_NAMES = Object.keys(BRIDGE_SETS) as BridgeSet[];
 
-export function renderBridgeVifRules(vif: NormalizedVif): string[] {
-  const v4 = vif.subnets.filter((s) => s.version === 4).flatMap((s) => s.ips);
-  const v6 = vif.subnets.filter((s) => s.version === 6).flatMap((s) => s.ips);
-  const lla = linkLocalFromMac(vif.mac);
-  return [
-    `ether saddr != ${vif.mac} drop`,
-    'ether type != { ip, ip6, arp } drop',
-    `ether type arp arp saddr ether != ${vif.mac} drop`,
-    `ether type arp arp saddr ip != ${set(['0.0.0.0', ...v4])} drop`,
-    'ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept',
-    `ether type ip ip saddr != ${set(v4.length ? v4 : ['0.0.0.0'])} drop`,
-    'ether type ip udp sport 67 drop',
-    'ether type ip6 ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } accept',
-    `ether type ip6 ip6 saddr != ${set([lla, ...v6])} drop`,
-    'ether type ip6 icmpv6 type { nd-router-advert, nd-redirect } drop',
-    'ether type ip6 udp sport 547 drop',
-  ];
+/** What the bridge filter needs to know of one VIF. */
+export interface BridgeVif {
+  devname: string;
+  mac: string;
+  ip4: readonly string[];
+  /** including the EUI-64 link-local address */
+  ip6: readonly string[];
 }
 
-/** Statements that create the table, map and base chain if missing (idempotent). */
-function tableSkeleton(table: string): string[] {
-  return [
-    `add table bridge ${table}`,
-    `add map bridge ${table} ${BRIDGE_MAP} { type ifname : verdict; }`,
-    `add chain bridge ${table} ${BRIDGE_BASE_CHAIN} { type filter hook prerouting priority ${BRIDGE_PRIORITY}; policy accept; }`,
-    `flush chain bridge ${table} ${BRIDGE_BASE_CHAIN}`,
-    `add rule bridge ${table} ${BRIDGE_BASE_CHAIN} iifname vmap @${BRIDGE_MAP}`,
-  ];
+export function bridgeVifOf(vif: NormalizedVif): BridgeVif {
+  const ip4 = vif.subnets.filter((s) => s.version === 4).flatMap((s) => s.ips);
+  const ip6 = vif.subnets.filter((s) => s.version === 6).flatMap((s) => s.ips);
+  return { devname: vif.devname, mac: vif.mac, ip4: [...new Set(ip4)], ip6: [...new Set([linkLocalFromMac(vif.mac), ...ip6])] };
 }
 
-function vifStatements(table: string, names: Names, devname: string, rules: readonly string[]): string[] {
-  const chain = names.bridgeVifChain(devname);
-  return [
-    `add chain bridge ${table} ${chain}`,
-    `flush chain bridge ${table} ${chain}`,
-    ...rules.map((r) => `add rule bridge ${table} ${chain} ${r}`),
-    `add element bridge ${table} ${BRIDGE_MAP} { "${devname}" : jump ${chain} }`,
-  ];
+/** The set elements one VIF contributes, as nft element text, per set. */
+export function bridgeElements(vif: BridgeVif): Record<BridgeSet, string[]> {
+  const dev = `"${vif.devname}"`;
+  return {
+    vifs: [dev],
+    vif_mac: [`${dev} . ${vif.mac}`],
+    vif_arp: [`${dev} . 0.0.0.0`, ...vif.ip4.map((a) => `${dev} . ${a}`)],
+    vif_ip4: vif.ip4.map((a) => `${dev} . ${a}`),
+    vif_ip6: vif.ip6.map((a) => `${dev} . ${a}`),
+  };
+}
+
+/** The fixed rules of the base chain. */
+export const BRIDGE_RULES: readonly string[] = [
+  // Frames from anything but a filtered VIF (uplinks, other ports) are not ours.
+  'iifname != @vifs accept',
+  'ether type != { ip, ip6, arp } drop',
+  'iifname . ether saddr != @vif_mac drop',
+  'ether type arp iifname . arp saddr ether != @vif_mac drop',
+  'ether type arp iifname . arp saddr ip != @vif_arp drop',
+  'ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept',
+  'ether type ip iifname . ip saddr != @vif_ip4 drop',
+  'ether type ip udp sport 67 drop',
+  'ether type ip6 ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld-listener-report, mld2-listener-report } accept',
+  'ether type ip6 iifname . ip6 saddr != @vif_ip6 drop',
+  'ether type ip6 icmpv6 type { nd-router-advert, nd-redirect } drop',
+  'ether type ip6 udp sport 547 drop',
+];
+
+function elementLines(table: string, verb: 'add' | 'delete', elements: ReadonlyMap<BridgeSet, readonly string[]>): string[] {
+  const lines: string[] = [];
+  for (const set of BRIDGE_SET_NAMES) {
+    const items = elements.get(set) ?? [];
+    // Chunks keep each command line of a big first apply a reasonable size.
+    for (let i = 0; i < items.length; i += 500) {
+      lines.push(`${verb} element bridge ${table} ${set} { ${items.slice(i, i + 500).join(', ')} }`);
+    }
+  }
+  return lines;
+}
+
+/** Collects the elements of many VIFs per set. */
+export function elementsOf(vifs: Iterable<BridgeVif>): Map<BridgeSet, string[]> {
+  const out = new Map<BridgeSet, string[]>(BRIDGE_SET_NAMES.map((s) => [s, []]));
+  for (const vif of vifs) {
+    const own = bridgeElements(vif);
+    for (const set of BRIDGE_SET_NAMES) out.get(set)?.push(...own[set]);
+  }
+  return out;
 }
 
 /**
- * One transaction that replaces the whole table with `vifs` (devname -> rules).
- * `add` before `delete` makes the delete succeed whether or not the table
- * existed; the kernel applies the whole script or none of it.
+ * One transaction that replaces the whole table: `add` before `delete` makes
+ * the delete succeed whether or not the table existed; the kernel applies
+ * the whole script or none of it.
  */
-export function renderBridgeTableReplace(names: Names, vifs: ReadonlyMap<string, readonly string[]>): string {
+export function renderBridgeTableReplace(names: Names, vifs: Iterable<BridgeVif>): string {
   const table = names.bridgeTable;
-  const lines = [`add table bridge ${table}`, `delete table bridge ${table}`, ...tableSkeleton(table)];
-  for (const [devname, rules] of vifs) lines.push(...vifStatements(table, names, devname, rules));
+  const lines = [`add table bridge ${table}`, `delete table bridge ${table}`, `add table bridge ${table}`];
+  for (const set of BRIDGE_SET_NAMES) lines.push(`add set bridge ${table} ${set} { type ${BRIDGE_SETS[set]}; }`);
+  lines.push(
+    `add chain bridge ${table} ${BRIDGE_BASE_CHAIN} { type filter hook prerouting priority ${BRIDGE_PRIORITY}; policy accept; }`,
+    ...BRIDGE_RULES.map((r) => `add rule bridge ${table} ${BRIDGE_BASE_CHAIN} ${r}`),
+    ...elementLines(table, 'add', elementsOf(vifs)),
+  );
   return `${lines.join('\n')}\n`;
 }
 
-/** One transaction that writes changed VIFs and removes deleted ones, on a table known to exist. */
-export function renderBridgeTableUpdate(
+/** One transaction that deletes and adds set elements, on a table known to hold the `removed` ones. */
+export function renderBridgeElementUpdate(
   names: Names,
-  changed: ReadonlyMap<string, readonly string[]>,
-  removed: Iterable<string>,
+  added: ReadonlyMap<BridgeSet, readonly string[]>,
+  removed: ReadonlyMap<BridgeSet, readonly string[]>,
 ): string {
   const table = names.bridgeTable;
-  const lines: string[] = [];
-  for (const devname of removed) {
-    const chain = names.bridgeVifChain(devname);
-    lines.push(`delete element bridge ${table} ${BRIDGE_MAP} { "${devname}" }`);
-    lines.push(`flush chain bridge ${table} ${chain}`, `delete chain bridge ${table} ${chain}`);
-  }
-  for (const [devname, rules] of changed) lines.push(...vifStatements(table, names, devname, rules));
+  const lines = [...elementLines(table, 'delete', removed), ...elementLines(table, 'add', added)];
   return lines.length ? `${lines.join('\n')}\n` : '';
 }
 

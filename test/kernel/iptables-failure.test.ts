@@ -95,7 +95,7 @@ describe('a failed restore', () => {
     await lab.hostMust(['iptables', '-N', 'FOREIGN2']);
     await lab.hostMust(['iptables', '-A', 'FOREIGN2', '-j', ingressA]);
     const before = await kernelSnapshot(lab.topo);
-    expect(before.bridge).toContain('vif-tap-a');
+    expect(before.bridge).toContain('"tap-a" . fa:16:3e:00:00:10');
 
     const err = await driver.unfilterInstance(a.instance, a.nwinfo).then(
       () => null,

@@ -50,14 +50,14 @@ describe('unfilterInstance', () => {
     try {
       await lab.filter(driver, b);
       const before = await kernelSnapshot(lab.topo);
-      expect(before.bridge).toContain('vif-tap-b');
+      expect(before.bridge).toContain('"tap-b" . fa:16:3e:00:00:11');
 
       await lab.filter(driver, a);
       const during = await kernelSnapshot(lab.topo);
       expect(during.v4).toContain(driver.names.instanceIngress('a'));
       expect(during.v6).toContain(driver.names.instanceIngress('a'));
       expect(during.v4).toContain(driver.names.group('a-only', 'ingress'));
-      expect(during.bridge).toContain('vif-tap-a');
+      expect(during.bridge).toContain('"tap-a" . fa:16:3e:00:00:10');
       await expectReach({
         'o→a tcp/22 (a filtered)': [tcp(o, a.ip4, 22), true],
         'o→a tcp/81 (a filtered)': [tcp(o, a.ip4, 81), false],
@@ -258,7 +258,7 @@ describe('deferred apply', () => {
     for (const vm of vms) {
       expect(after.v4).toContain(driver.names.instanceIngress(vm.name));
       expect(after.v6).toContain(driver.names.instanceIngress(vm.name));
-      expect(after.bridge).toContain(`vif-${vm.devname}`);
+      expect(after.bridge).toContain(`"${vm.devname}" . ${vm.mac}`);
       expect(await driver.instanceFilterExists(vm.instance, vm.nwinfo)).toBe(true);
     }
     await expectReach(

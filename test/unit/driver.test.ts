@@ -104,13 +104,13 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
     expect(kernel.chain('4', driver.names.provider)?.[0]).toContain('-s 192.0.2.0/24 -p udp -m udp --dport 53 -j DROP');
   });
 
-  it('unfiltering removes every chain and dispatch rule of the instance, and the bridge chain', async () => {
+  it('unfiltering removes every chain and dispatch rule of the instance, and its bridge elements', async () => {
     await driver.unfilterInstance(web, webNet);
     const saved = kernel.save('4') + kernel.save('6');
     expect(saved).not.toContain(driver.names.instanceIngress('w1'));
     expect(saved).not.toContain('tap10');
     expect(saved).not.toContain(driver.names.group('web', 'ingress'));
-    expect(kernel.nftScripts.at(-1)).toContain('delete chain bridge virtfw vif-tap10');
+    expect(kernel.nftScripts.at(-1)).toContain('delete element bridge virtfw vifs { "tap10" }');
     expect(await driver.instanceFilterExists(web, webNet)).toBe(false);
   });
 
