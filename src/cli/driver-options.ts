@@ -28,7 +28,7 @@ export function addDriverFlags(cmd: Command, defaults: { sameNet: boolean }): Co
     .option('--same-net', 'accept traffic between instances of one subnet (Nova allow_same_net_traffic)', defaults.sameNet)
     .option('--no-same-net', 'do not accept same-subnet traffic unless a rule allows it')
     .addOption(new Option('--fallback <action>', 'verdict for traffic no rule allows').choices(['drop', 'reject']).default('drop'))
-    .addOption(new Option('--member-match <how>', 'how remote-group rules match members').choices(['expand', 'ipset']).default('expand'))
+    .addOption(new Option('--member-match <how>', 'how remote-group rules match members').choices(['ipset', 'expand']).default('ipset'))
     .option('--no-bridge-filter', 'no L2 anti-spoofing in an nftables bridge table')
     .option('--dry-run', 'render only; never touch the kernel');
 }
@@ -40,7 +40,7 @@ export function driverOptions(flags: DriverFlags): DriverOptions {
     ipv6: flags.ipv6,
     allowSameNetTraffic: flags.sameNet ?? false,
     fallbackAction: flags.fallback === 'reject' ? 'REJECT' : 'DROP',
-    memberMatch: flags.memberMatch === 'ipset' ? 'ipset' : 'expand',
+    memberMatch: flags.memberMatch === 'expand' ? 'expand' : 'ipset',
     bridgeFilter: flags.bridgeFilter,
     ...(flags.dryRun ? { runner: new FakeKernel() } : {}),
   };

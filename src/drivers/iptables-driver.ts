@@ -1,28 +1,28 @@
 /**
  * IptablesFirewallDriver: Nova's security-group semantics enforced with
- * iptables/ip6tables (filtering) and an nftables bridge table (L2
- * anti-spoofing). See render/iptables-rules.ts for the chain layout.
+ * iptables/ip6tables (filtering), ipsets (remote groups' members, in `ipset`
+ * mode) and an nftables bridge table (L2 anti-spoofing). See
+ * render/iptables-rules.ts for the chain layout.
  *
- * The driver keeps the model of its host (prepared instances, the rules of
- * their groups, the members of groups those rules name, provider rules),
- * renders the parts that changed into chains, and lets the IptablesManager
- * and BridgeFilter write only those. Data is read from the VirtAPI before any
- * state changes (Nova: "compute rules outside the iptables lock"), and a
- * refresh skips an instance that was unfiltered while its data was read.
+ * The driver reads the data store through the VirtAPI before it changes any
+ * state (Nova: "compute rules outside the iptables lock"), feeds the HostModel,
+ * renders what the model marks dirty, and lets the managers write only what
+ * changed. A refresh skips an instance that was unfiltered while its data
+ * was read.
+ *
+ * Apply order, so that no instance is ever unprotected: bridge anti-spoofing
+ * and ipset additions first, then iptables (both families at once), then the
+ * removals those transactions made safe (bridge elements of removed VIFs,
+ * sets no rule matches any more).
  */
 import { FirewallError, NotFilteredError, ValidationError } from '../errors.js';
 import { BridgeFilter } from '../kernel/bridge-filter.js';
 import { NetnsRunner, ProcessRunner, type CommandRunner } from '../kernel/exec.js';
+import { IpsetManager } from '../kernel/ipset-manager.js';
 import { IptablesManager, type ApplyStats } from '../kernel/iptables-manager.js';
 import { silentLogger, type Logger } from '../logger.js';
-import type { Instance, IpVersion, NetworkInfo, NormalizedProviderRule, NormalizedRule, NormalizedVif } from '../model/types.js';
-import {
-  normalizeInstance,
-  normalizeProviderRule,
-  normalizeRule,
-  validateId,
-  validateInstance,
-} from '../model/validate.js';
+import type { Instance, IpVersion, NetworkInfo, NormalizedProviderRule, NormalizedRule } from '../model/types.js';
+import { normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
 import { bridgeVifOf } from '../render/bridge.js';
 import {
   VERSIONS,
@@ -42,6 +42,7 @@ import {
 import { Names } from '../render/names.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
 import { FirewallDriver, type InstanceStatus } from './firewall-driver.js';
+import { HostModel } from './host-model.js';
 import { resolveDriverOptions, type DriverOptions, type ResolvedDriverOptions } from './options.js';
 
 const DIRECTIONS = ['ingress', 'egress'] as const;
@@ -56,25 +57,14 @@ export class IptablesFirewallDriver extends FirewallDriver {
   readonly names: Names;
   readonly manager: IptablesManager;
   readonly bridge: BridgeFilter;
+  readonly ipsets: IpsetManager;
   protected readonly virtapi: VirtAPI;
   protected readonly runner: CommandRunner;
   protected readonly log: Logger;
   protected readonly render: RenderOptions;
   readonly #versions: readonly IpVersion[];
+  readonly #model = new HostModel();
 
-  /** prepared instances: their chains exist */
-  readonly #instances = new Map<string, InstanceView>();
-  /** instances with L2 basic filtering, and their VIFs */
-  readonly #basic = new Map<string, NormalizedVif[]>();
-  /** rules of every group a prepared instance is in */
-  readonly #groups = new Map<string, NormalizedRule[]>();
-  /** member addresses of every group those rules name */
-  readonly #members = new Map<string, MemberAddresses>();
-  #providerRules: NormalizedProviderRule[] | null = null;
-
-  readonly #dirtyInstances = new Set<string>();
-  readonly #dirtyGroups = new Set<string>();
-  #dirtyBase = true;
   #deferred = false;
   #bridgeNetfilterReady = false;
   /** rules and members read during one deferred batch, so a batch reads each once */
@@ -113,31 +103,30 @@ export class IptablesFirewallDriver extends FirewallDriver {
       logger: this.log,
     });
     this.bridge = new BridgeFilter({ names: this.names, runner: this.runner, logger: this.log });
+    this.ipsets = new IpsetManager({ names: this.names, runner: this.runner, logger: this.log });
   }
 
   // ------------------------------------------------------------ seed methods
 
   override async setupBasicFiltering(instance: Instance, networkInfo: NetworkInfo): Promise<void> {
     const inst = normalizeInstance(instance, networkInfo);
-    this.#checkDevices(inst.id, inst.vifs);
+    this.#model.checkDevices(inst.id, inst.vifs);
     if (!this.options.bridgeFilter) return;
     const bridged = inst.vifs.filter((v) => !v.routed);
-    this.#basic.set(inst.id, bridged);
+    for (const vif of this.#model.basic.get(inst.id) ?? []) this.bridge.removeVif(vif.devname);
+    this.#model.setBasic(inst.id, bridged);
     for (const vif of bridged) this.bridge.setVif(bridgeVifOf(vif));
     await this.#apply([inst.id]);
   }
 
   override async prepareInstanceFilter(instance: Instance, networkInfo: NetworkInfo): Promise<void> {
     const inst = normalizeInstance(instance, networkInfo);
-    this.#checkDevices(inst.id, inst.vifs);
+    this.#model.checkDevices(inst.id, inst.vifs);
     const groupIds = await this.#fetchInstanceGroups(inst.id);
     const fetched = await this.#fetchGroups(groupIds);
-    await this.#ensureProviderRules();
+    if (this.#model.providerRules === null) this.#model.providerRules = await this.#readProviderRules();
+    this.#model.setInstance({ instance: inst, groupIds });
     this.#commit(fetched);
-    this.#instances.set(inst.id, { instance: inst, groupIds });
-    this.#dirtyInstances.add(inst.id);
-    this.#dirtyBase = true;
-    this.#collectGarbage();
     await this.#apply([inst.id]);
   }
 
@@ -148,18 +137,13 @@ export class IptablesFirewallDriver extends FirewallDriver {
 
   override async unfilterInstance(instance: Instance, _networkInfo: NetworkInfo): Promise<void> {
     const { id } = validateInstance(instance);
-    const view = this.#instances.get(id);
-    const basic = this.#basic.get(id);
+    const view = this.#model.removeInstance(id);
+    const basic = this.#model.removeBasic(id);
     if (!view && !basic) {
       this.log.info({ instanceId: id }, 'Attempted to unfilter instance which is not filtered');
       return;
     }
-    this.#instances.delete(id);
-    this.#basic.delete(id);
     for (const vif of basic ?? []) this.bridge.removeVif(vif.devname);
-    this.#dirtyInstances.add(id);
-    this.#dirtyBase = true;
-    this.#collectGarbage();
     await this.#apply([id]);
     this.#appliedAt.delete(id);
     this.#pendingError.delete(id);
@@ -173,45 +157,43 @@ export class IptablesFirewallDriver extends FirewallDriver {
 
   override async refreshSecurityGroupRules(securityGroupId: string): Promise<void> {
     const groupId = validateId('securityGroupId', securityGroupId);
-    if (!this.#groups.has(groupId)) return;
+    if (!this.#model.hasGroup(groupId)) return;
     const fetched = await this.#fetchGroups([groupId], true);
-    if (!this.#groups.has(groupId)) return;
+    if (!this.#model.hasGroup(groupId)) return;
     this.#commit(fetched);
-    this.#collectGarbage();
-    await this.#apply(this.#usersOf(groupId));
+    await this.#apply(this.#model.usersOf(groupId));
   }
 
   override async refreshSecurityGroupMembers(securityGroupId: string): Promise<void> {
     const groupId = validateId('securityGroupId', securityGroupId);
-    if (!this.#members.has(groupId)) return;
+    if (!this.#model.hasMembers(groupId)) return;
     const members = await this.#fetchMembers(groupId, true);
-    if (!this.#members.has(groupId)) return;
+    if (!this.#model.hasMembers(groupId)) return;
     this.#commit({ rules: new Map(), members: new Map([[groupId, members]]) });
-    const affected = [...this.#groups.keys()].filter((g) => this.#referencedGroups(g).has(groupId));
-    await this.#apply(affected.flatMap((g) => this.#usersOf(g)));
+    const affected = new Set<string>();
+    for (const g of this.#model.groupsNaming(groupId)) for (const id of this.#model.usersOf(g)) affected.add(id);
+    await this.#apply(affected);
   }
 
   override async refreshInstanceSecurityRules(instance: Instance): Promise<void> {
     const { id } = validateInstance(instance);
-    if (!this.#instances.has(id)) throw new NotFilteredError(id);
+    if (!this.#model.instances.has(id)) throw new NotFilteredError(id);
     const groupIds = await this.#fetchInstanceGroups(id);
     const fetched = await this.#fetchGroups(groupIds, true);
-    const view = this.#instances.get(id);
+    const view = this.#model.instances.get(id);
     if (!view) {
       this.log.info({ instanceId: id }, 'instance was unfiltered during refresh, skipping');
       return;
     }
+    this.#model.setInstance({ instance: view.instance, groupIds });
     this.#commit(fetched);
-    this.#instances.set(id, { instance: view.instance, groupIds });
-    this.#dirtyInstances.add(id);
-    this.#collectGarbage();
     await this.#apply([id]);
   }
 
   override async refreshProviderFwRules(): Promise<void> {
-    this.#providerRules = await this.#readProviderRules();
-    this.#dirtyBase = true;
-    await this.#apply([...this.#instances.keys()]);
+    this.#model.providerRules = await this.#readProviderRules();
+    this.#model.dirtyBase = true;
+    await this.#apply(this.#model.instances.keys());
   }
 
   override filterDeferApplyOn(): void {
@@ -222,14 +204,14 @@ export class IptablesFirewallDriver extends FirewallDriver {
   override async filterDeferApplyOff(): Promise<void> {
     this.#deferred = false;
     this.#batchCache = null;
-    await this.#apply([...this.#dirtyInstances]);
+    await this.#apply(this.#model.dirtyInstances);
   }
 
   // ------------------------------------------------------------- extensions
 
   /** Per-instance state, for `virtfw status`. */
   override status(): InstanceStatus[] {
-    const ids = new Set([...this.#instances.keys(), ...this.#basic.keys()]);
+    const ids = new Set([...this.#model.instances.keys(), ...this.#model.basic.keys()]);
     return [...ids].sort().map((instanceId) => ({
       instanceId,
       filtered: this.#isFiltered(instanceId),
@@ -240,30 +222,32 @@ export class IptablesFirewallDriver extends FirewallDriver {
 
   /** Ids of the instances this driver filters. */
   filteredInstances(): string[] {
-    return [...this.#instances.keys()];
+    return [...this.#model.instances.keys()];
   }
 
-  /** Rules virtfw wants in the kernel: per family, and in the bridge table. */
-  override ruleCounts(): { ipv4: number; ipv6: number; bridge: number; bridgeElements: number } {
+  /** What virtfw wants in the kernel: rules per family and in the bridge table, set elements. */
+  override ruleCounts(): { ipv4: number; ipv6: number; bridge: number; bridgeElements: number; setMembers: number } {
     const bridged = this.options.bridgeFilter && this.bridge.vifCount > 0;
     return {
       ipv4: this.manager.ruleCount(4),
       ipv6: this.#versions.includes(6) ? this.manager.ruleCount(6) : 0,
       bridge: bridged ? this.bridge.ruleCount() : 0,
       bridgeElements: bridged ? this.bridge.elementCount() : 0,
+      setMembers: this.ipsets.memberCount(),
     };
   }
 
   /**
-   * The full ruleset this driver wants, as iptables-restore (--noflush) input
-   * per family and an nft script for the bridge table.
+   * The full ruleset this driver wants, as the tools' input: iptables-restore
+   * (--noflush) per family, the bridge table's nft script, and ipset restore.
    */
-  override renderRuleset(): { ipv4: string; ipv6: string; bridge: string } {
+  override renderRuleset(): { ipv4: string; ipv6: string; bridge: string; ipset: string } {
     this.#flush();
     return {
       ipv4: this.manager.renderFull(4),
       ipv6: this.#versions.includes(6) ? this.manager.renderFull(6) : '',
       bridge: this.bridge.renderFull(),
+      ipset: this.ipsets.renderFull(),
     };
   }
 
@@ -271,31 +255,28 @@ export class IptablesFirewallDriver extends FirewallDriver {
   invalidate(): void {
     this.manager.invalidate();
     this.bridge.invalidate();
+    this.ipsets.invalidate();
   }
 
   /**
    * Re-read the kernel and rewrite whatever differs from the model: chains
    * flushed, edited or deleted by hand, missing hook rules, VIFs' bridge
-   * chains. Returns how many it repaired (0 when the kernel was as written).
+   * elements. Returns how many it repaired (0 when the kernel was as written).
    */
   override async resync(): Promise<number> {
     if (this.#deferred) return 0;
     const bridgeDrift = this.options.bridgeFilter ? await this.bridge.countDrift() : 0;
     this.invalidate();
-    await this.#apply([...this.#instances.keys()]);
+    await this.#apply(this.#model.instances.keys());
     const stats = this.lastApplyStats;
     return bridgeDrift + (stats ? stats.chainsWritten + stats.chainsDeleted + stats.hookFixes : 0);
   }
 
-  /** Remove every chain, hook and table virtfw owns from the kernel, and forget all instances. */
+  /** Remove every chain, hook, set and table virtfw owns from the kernel, and forget all instances. */
   async teardown(): Promise<void> {
-    this.#instances.clear();
-    this.#basic.clear();
-    this.#groups.clear();
-    this.#members.clear();
-    this.#dirtyInstances.clear();
-    this.#dirtyGroups.clear();
+    this.#model.clear();
     await this.manager.teardown();
+    await this.ipsets.teardown();
     if (this.options.bridgeFilter) await this.bridge.teardown();
   }
 
@@ -317,12 +298,10 @@ export class IptablesFirewallDriver extends FirewallDriver {
       this.#batchCache?.rules.set(groupId, rules);
       fetched.rules.set(groupId, rules);
     }
-    const remotes = new Set<string>();
     for (const rules of fetched.rules.values()) {
-      for (const r of rules) if (r.remote.kind === 'group') remotes.add(r.remote.groupId);
-    }
-    for (const groupId of remotes) {
-      fetched.members.set(groupId, await this.#fetchMembers(groupId, fresh));
+      for (const groupId of this.#model.remotesOf(rules)) {
+        if (!fetched.members.has(groupId)) fetched.members.set(groupId, await this.#fetchMembers(groupId, fresh));
+      }
     }
     return fetched;
   }
@@ -357,91 +336,46 @@ export class IptablesFirewallDriver extends FirewallDriver {
     return rules.map((r, i) => normalizeProviderRule(r, `providerRules[${i}]`));
   }
 
-  async #ensureProviderRules(): Promise<void> {
-    if (this.#providerRules === null) this.#providerRules = await this.#readProviderRules();
-  }
-
-  // ------------------------------------------------------------------ model
-
-  /** Two instances cannot own one device. */
-  #checkDevices(instanceId: string, vifs: readonly NormalizedVif[]): void {
-    const owners = new Map<string, string>();
-    for (const [id, view] of this.#instances) for (const v of view.instance.vifs) owners.set(v.devname, id);
-    for (const [id, list] of this.#basic) for (const v of list) owners.set(v.devname, id);
-    vifs.forEach((vif, i) => {
-      const owner = owners.get(vif.devname);
-      if (owner !== undefined && owner !== instanceId) {
-        throw new ValidationError(`networkInfo[${i}].devname`, `${vif.devname} is already used by instance ${owner}`);
-      }
-    });
-  }
-
-  /** Takes freshly read rules and members into the model, marking what they change. */
+  /** Rules first (they say which members matter), then members. */
   #commit(fetched: Fetched): void {
     for (const [groupId, rules] of fetched.rules) {
-      const before = this.#groups.get(groupId);
-      if (before && sameJson(before, rules)) continue;
-      this.#groups.set(groupId, rules);
-      this.#dirtyGroups.add(groupId);
-      // Instances jump only to group chains that have rules; that set may have changed.
-      if (!before || jumpSignature(before) !== jumpSignature(rules)) {
-        for (const id of this.#usersOf(groupId)) this.#dirtyInstances.add(id);
-      }
+      if (this.#model.usersOf(groupId).size > 0) this.#model.commitRules(groupId, rules);
     }
     for (const [groupId, members] of fetched.members) {
-      const before = this.#members.get(groupId);
-      if (before && sameJson(before, members)) continue;
-      this.#members.set(groupId, members);
-      for (const g of this.#groups.keys()) if (this.#referencedGroups(g).has(groupId)) this.#dirtyGroups.add(g);
+      if (this.#model.groupsNaming(groupId).size > 0) this.#model.commitMembers(groupId, members);
     }
-  }
-
-  #usersOf(groupId: string): string[] {
-    const out: string[] = [];
-    for (const [id, view] of this.#instances) if (view.groupIds.includes(groupId)) out.push(id);
-    return out;
-  }
-
-  #referencedGroups(groupId: string): Set<string> {
-    const out = new Set<string>();
-    for (const r of this.#groups.get(groupId) ?? []) if (r.remote.kind === 'group') out.add(r.remote.groupId);
-    return out;
-  }
-
-  /** Drops groups no prepared instance uses, and members no rule names. */
-  #collectGarbage(): void {
-    const used = new Set<string>();
-    for (const view of this.#instances.values()) for (const g of view.groupIds) used.add(g);
-    for (const groupId of [...this.#groups.keys()]) {
-      if (!used.has(groupId)) {
-        this.#groups.delete(groupId);
-        this.#dirtyGroups.add(groupId);
-      }
-    }
-    const referenced = new Set<string>();
-    for (const groupId of this.#groups.keys()) for (const r of this.#referencedGroups(groupId)) referenced.add(r);
-    for (const groupId of [...this.#members.keys()]) if (!referenced.has(groupId)) this.#members.delete(groupId);
   }
 
   #isFiltered(id: string): boolean {
-    const view = this.#instances.get(id);
-    if (!view) return false;
+    if (!this.#model.instances.has(id)) return false;
     for (const v of this.#versions) {
       if (!this.manager.isInSync(v, this.names.instanceIngress(id)) || !this.manager.isInSync(v, this.names.instanceEgress(id))) {
         return false;
       }
     }
-    return (this.#basic.get(id) ?? []).every((vif) => this.bridge.isInSync(vif.devname));
+    return (this.#model.basic.get(id) ?? []).every((vif) => this.bridge.isInSync(vif.devname));
   }
 
   // ----------------------------------------------------------------- render
 
-  /** Renders everything marked dirty into the manager and bridge filter. */
+  /** Renders everything the model marks dirty into the managers. */
   #flush(): void {
-    const groupRules = (g: string) => this.#groups.get(g);
-    const members = (g: string) => this.#members.get(g);
-    for (const groupId of this.#dirtyGroups) {
-      const rules = this.#groups.get(groupId);
+    const model = this.#model;
+    const groupRules = (g: string) => model.groups.get(g);
+    const members = (g: string) => model.members.get(g);
+    if (this.options.memberMatch === 'ipset') {
+      for (const groupId of model.dirtyMemberSets) {
+        const addresses = model.members.get(groupId);
+        for (const v of this.#versions) {
+          const name = this.names.memberSet(groupId, v);
+          if (addresses) this.ipsets.setMembers(name, v, addresses[v]);
+          else this.ipsets.removeSet(name);
+        }
+      }
+    }
+    model.dirtyMemberSets.clear();
+    for (const groupId of model.dirtyGroups) {
+      const rules = model.groups.get(groupId);
       for (const v of this.#versions) {
         for (const direction of DIRECTIONS) {
           const chain = this.names.group(groupId, direction);
@@ -453,9 +387,9 @@ export class IptablesFirewallDriver extends FirewallDriver {
         }
       }
     }
-    this.#dirtyGroups.clear();
-    for (const id of this.#dirtyInstances) {
-      const view = this.#instances.get(id);
+    model.dirtyGroups.clear();
+    for (const id of model.dirtyInstances) {
+      const view = model.instances.get(id);
       for (const v of this.#versions) {
         const chains = view ? renderInstanceChains(view, v, groupRules, this.render) : new Map<string, string[]>();
         for (const name of instanceChainNames(id, this.names)) {
@@ -465,20 +399,22 @@ export class IptablesFirewallDriver extends FirewallDriver {
         }
       }
     }
-    if (this.#dirtyBase) {
-      const views = [...this.#instances.values()];
-      const inputs = baseInputsOf(views, this.#providerRules ?? []);
+    model.dirtyInstances.clear();
+    if (model.dirtyBase) {
+      const views = [...model.instances.values()];
+      const inputs = baseInputsOf(views, model.providerRules ?? []);
       for (const v of this.#versions) {
         const dispatch = renderDispatch(views, v, this.render);
         for (const [name, rules] of renderBaseChains(inputs, v, dispatch, this.render)) this.manager.setChain(v, name, rules);
       }
-      this.#dirtyBase = false;
+      model.dirtyBase = false;
     }
   }
 
   async #ensureBridgeNetfilter(): Promise<void> {
     if (this.#bridgeNetfilterReady || !this.options.ensureBridgeNetfilter) return;
-    const anyBridged = [...this.#instances.values()].some((v) => v.instance.vifs.some((vif) => !vif.routed)) || this.#basic.size > 0;
+    const anyBridged =
+      this.#model.basic.size > 0 || [...this.#model.instances.values()].some((v) => v.instance.vifs.some((vif) => !vif.routed));
     if (!anyBridged) return;
     const keys = ['net.bridge.bridge-nf-call-iptables=1', ...(this.#versions.includes(6) ? ['net.bridge.bridge-nf-call-ip6tables=1'] : [])];
     let result = await this.runner.run(['sysctl', '-q', '-w', ...keys]);
@@ -496,25 +432,31 @@ export class IptablesFirewallDriver extends FirewallDriver {
   }
 
   /** Renders and writes pending changes unless deferred; records the outcome for `instances`. */
-  async #apply(instances: readonly string[]): Promise<void> {
+  async #apply(instances: Iterable<string>): Promise<void> {
     if (this.#deferred) return;
+    const ids = [...instances];
     this.#flush();
     try {
-      await this.#ensureBridgeNetfilter();
-      // L2 anti-spoofing of a new VIF is in force before its chains accept
-      // traffic, and that of a removed VIF stays until its chains are gone.
-      if (this.options.bridgeFilter) await this.bridge.applyAdditions();
+      // Anti-spoofing of new VIFs and sets new rules match against come first;
+      // reading the iptables state (when unknown) overlaps them.
+      this.manager.prefetch();
+      await Promise.all([
+        this.#ensureBridgeNetfilter(),
+        this.options.bridgeFilter ? this.bridge.applyAdditions() : undefined,
+        this.ipsets.applyAdditions(),
+      ]);
       this.lastApplyStats = await this.manager.apply();
-      if (this.options.bridgeFilter) await this.bridge.apply();
+      // Then what the new rules no longer need.
+      await Promise.all([this.options.bridgeFilter ? this.bridge.apply() : undefined, this.ipsets.apply()]);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      for (const id of instances) this.#pendingError.set(id, message);
-      this.log.error({ err: message, instances: instances.length }, 'apply failed; previous ruleset kept');
+      for (const id of ids) this.#pendingError.set(id, message);
+      this.log.error({ err: message, instances: ids.length }, 'apply failed; previous ruleset kept');
       throw err;
     }
     const now = new Date();
-    for (const id of instances) {
-      if (this.#instances.has(id) || this.#basic.has(id)) this.#appliedAt.set(id, now);
+    for (const id of ids) {
+      if (this.#model.instances.has(id) || this.#model.basic.has(id)) this.#appliedAt.set(id, now);
       this.#pendingError.delete(id);
     }
   }
@@ -532,12 +474,4 @@ export class IptablesFirewallDriver extends FirewallDriver {
       }
     }
   }
-}
-
-function sameJson(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
-function jumpSignature(rules: readonly NormalizedRule[]): string {
-  return VERSIONS.flatMap((v) => DIRECTIONS.map((d) => (groupHasRules(rules, d, v) ? '1' : '0'))).join('');
 }

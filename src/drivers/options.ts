@@ -25,7 +25,7 @@ export interface DriverOptions {
    * checked by iptables instead and ARP is not checked.
    */
   bridgeFilter?: boolean;
-  /** How rules naming a remote group match its members: `expand` (default) or `ipset`. */
+  /** How rules naming a remote group match its members: `ipset` (default: one set per group and family) or `expand` (Nova: one rule per member address). */
   memberMatch?: MemberMatch;
   /** Run every tool inside this named network namespace (`ip netns exec`). */
   netns?: string;
@@ -69,7 +69,7 @@ export function resolveDriverOptions(options: DriverOptions = {}, field = 'optio
   if (!FALLBACK_ACTIONS.includes(fallbackAction)) {
     throw new ValidationError(`${field}.fallbackAction`, `${JSON.stringify(fallbackAction)} is not DROP or REJECT`);
   }
-  const memberMatch = options.memberMatch ?? 'expand';
+  const memberMatch = options.memberMatch ?? 'ipset';
   if (memberMatch !== 'expand' && memberMatch !== 'ipset') {
     throw new ValidationError(`${field}.memberMatch`, `${JSON.stringify(memberMatch)} is not expand or ipset`);
   }

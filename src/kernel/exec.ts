@@ -55,7 +55,11 @@ export class ProcessRunner implements CommandRunner {
   }
 }
 
-/** Runs every command inside a named network namespace (`ip netns exec NAME ...`). */
+/**
+ * Runs every command inside a named network namespace (the one `ip netns add
+ * NAME` made), entering only its network namespace (`nsenter --net=...`):
+ * lighter than `ip netns exec`, which also remounts /sys for each command.
+ */
 export class NetnsRunner implements CommandRunner {
   constructor(
     readonly netns: string,
@@ -63,6 +67,6 @@ export class NetnsRunner implements CommandRunner {
   ) {}
 
   run(argv: readonly string[], options?: RunOptions): Promise<CommandResult> {
-    return this.inner.run(['ip', 'netns', 'exec', this.netns, ...argv], options);
+    return this.inner.run(['nsenter', `--net=/run/netns/${this.netns}`, '--', ...argv], options);
   }
 }

@@ -83,6 +83,8 @@ interface FamilyState {
   dirty: Set<string>;
   /** hook rules known to be in place */
   hooksInPlace: boolean;
+  /** a read of the kernel started ahead of the next apply (see `prefetch`) */
+  observation: Promise<ReturnType<typeof parseIptablesSave>> | null;
 }
 
 const sameHashes = (a: readonly (string | null)[] | undefined, b: readonly string[]): boolean =>
@@ -111,7 +113,7 @@ export class IptablesManager {
     this.#commands = { 4: { ...DEFAULT_COMMANDS[4], ...options.commands?.[4] }, 6: { ...DEFAULT_COMMANDS[6], ...options.commands?.[6] } };
     this.#lockWait = options.lockWaitSeconds ?? 10;
     this.#log = options.logger ?? silentLogger;
-    const family = (): FamilyState => ({ desired: new Map(), written: null, dirty: new Set(), hooksInPlace: false });
+    const family = (): FamilyState => ({ desired: new Map(), written: null, dirty: new Set(), hooksInPlace: false, observation: null });
     this.#families = { 4: family(), 6: family() };
   }
 
@@ -182,7 +184,26 @@ export class IptablesManager {
 
   /** Forget what we believe the kernel holds: the next apply re-reads it. */
   invalidate(): void {
-    for (const v of this.versions) this.#families[v].written = null;
+    for (const v of this.versions) {
+      this.#families[v].written = null;
+      this.#families[v].observation = null;
+    }
+  }
+
+  /**
+   * Starts reading the kernel now for families whose state is unknown, so
+   * the read overlaps other work (the bridge and ipset transactions) instead
+   * of delaying the next apply. Harmless when nothing needs reading.
+   */
+  prefetch(): void {
+    if (this.#deferred) return;
+    for (const v of this.versions) {
+      const fam = this.#families[v];
+      if (fam.written === null && fam.observation === null) {
+        fam.observation = this.#observe(v);
+        fam.observation.catch(() => undefined);
+      }
+    }
   }
 
   get deferred(): boolean {
@@ -233,7 +254,8 @@ export class IptablesManager {
   async #applyAll(): Promise<ApplyStats> {
     const stats = emptyStats();
     const started = performance.now();
-    for (const v of this.versions) await this.#applyFamily(v, stats);
+    // The families are independent tables and tools: write them side by side.
+    await Promise.all(this.versions.map((v) => this.#applyFamily(v, stats)));
     stats.durationMs = performance.now() - started;
     return stats;
   }
@@ -262,7 +284,8 @@ export class IptablesManager {
     const hookLines: string[] = [];
     let written = fam.written;
     if (!written) {
-      const observed = await this.#observe(version);
+      const observed = await (fam.observation ?? this.#observe(version));
+      fam.observation = null;
       written = observed.chains;
       candidates = new Set([...fam.desired.keys(), ...written.keys(), ...fam.dirty]);
       for (const { builtin, target } of this.#hooks) {

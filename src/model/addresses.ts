@@ -19,16 +19,35 @@ export interface ParsedCidr {
   prefixLength: number;
 }
 
+/**
+ * Parsing is memoised: hosts see the same few thousand addresses over and
+ * over (every refresh re-reads members), and ipaddr.js is slow on the path
+ * that rejects a form. The cache is bounded; it only ever holds results.
+ */
+const MEMO_LIMIT = 100_000;
+const addressMemo = new Map<string, ParsedAddress | null>();
+const cidrMemo = new Map<string, ParsedCidr | null>();
+
+function memo<T>(cache: Map<string, T>, key: string, compute: () => T): T {
+  const hit = cache.get(key);
+  if (hit !== undefined || cache.has(key)) return hit as T;
+  if (cache.size >= MEMO_LIMIT) cache.clear();
+  const value = compute();
+  cache.set(key, value);
+  return value;
+}
+
 /** Canonical text of an IPv4 or IPv6 address, or null when it is not one. */
 export function parseAddress(text: unknown): ParsedAddress | null {
   if (typeof text !== 'string' || text.length > 45 || text.includes('%')) return null;
-  if (ipaddr.IPv4.isValidFourPartDecimal(text)) {
-    return { address: ipaddr.IPv4.parse(text).toString(), version: 4 };
-  }
-  if (text.includes(':') && ipaddr.IPv6.isValid(text)) {
-    return { address: ipaddr.IPv6.parse(text).toString(), version: 6 };
-  }
-  return null;
+  return memo(addressMemo, text, () => {
+    // Decide the family by its separator first: ipaddr.js reports a wrong
+    // family by throwing, which is slow.
+    if (text.includes(':')) {
+      return ipaddr.IPv6.isValid(text) ? { address: ipaddr.IPv6.parse(text).toString(), version: 6 as const } : null;
+    }
+    return ipaddr.IPv4.isValidFourPartDecimal(text) ? { address: ipaddr.IPv4.parse(text).toString(), version: 4 as const } : null;
+  });
 }
 
 /**
@@ -36,7 +55,11 @@ export function parseAddress(text: unknown): ParsedAddress | null {
  * is read as a host route (/32 or /128).
  */
 export function parseCidr(text: unknown): ParsedCidr | null {
-  if (typeof text !== 'string') return null;
+  if (typeof text !== 'string' || text.length > 49) return null;
+  return memo(cidrMemo, text, () => computeCidr(text));
+}
+
+function computeCidr(text: string): ParsedCidr | null {
   const slash = text.indexOf('/');
   const addressPart = slash === -1 ? text : text.slice(0, slash);
   const parsed = parseAddress(addressPart);

@@ -65,6 +65,8 @@ export class Names {
   readonly fallback: string;
   /** comment tag that marks a rule as ours: `<prefix>:<hash>` */
   readonly commentTag: string;
+  /** per-object names, computed once (they are asked for on every render) */
+  readonly #cache = new Map<string, string>();
 
   constructor(prefix: string = DEFAULT_PREFIX) {
     this.prefix = validatePrefix(prefix);
@@ -85,26 +87,37 @@ export class Names {
     return chain.startsWith(`${this.prefix}-`);
   }
 
+  #hashed(kind: 'instance' | 'group', id: string): string {
+    const key = `${kind}:${id}`;
+    let h = this.#cache.get(key);
+    if (h === undefined) {
+      if (this.#cache.size >= 200_000) this.#cache.clear();
+      h = shortHash(kind, id);
+      this.#cache.set(key, h);
+    }
+    return h;
+  }
+
   instanceIngress(instanceId: string): string {
-    return `${this.prefix}-i${shortHash('instance', instanceId)}`;
+    return `${this.prefix}-i${this.#hashed('instance', instanceId)}`;
   }
 
   instanceEgress(instanceId: string): string {
-    return `${this.prefix}-o${shortHash('instance', instanceId)}`;
+    return `${this.prefix}-o${this.#hashed('instance', instanceId)}`;
   }
 
   /** IP/MAC anti-spoofing chain of an instance's routed VIFs. */
   instanceSpoof(instanceId: string): string {
-    return `${this.prefix}-s${shortHash('instance', instanceId)}`;
+    return `${this.prefix}-s${this.#hashed('instance', instanceId)}`;
   }
 
   group(groupId: string, direction: Direction): string {
-    return `${this.prefix}-g${direction === 'ingress' ? 'i' : 'e'}${shortHash('group', groupId)}`;
+    return `${this.prefix}-g${direction === 'ingress' ? 'i' : 'e'}${this.#hashed('group', groupId)}`;
   }
 
   /** ipset holding a group's member addresses of one family (31-character limit). */
   memberSet(groupId: string, version: IpVersion): string {
-    return `${this.prefix}-m${version}${shortHash('group', groupId)}`;
+    return `${this.prefix}-m${version}${this.#hashed('group', groupId)}`;
   }
 
   /** nftables bridge-family table holding the L2 anti-spoofing rules. */

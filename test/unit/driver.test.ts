@@ -14,7 +14,7 @@ const webNet = [vif(10)];
 const db = { id: 'd1' };
 const dbNet = [vif(20)];
 
-function setup() {
+function setup(memberMatch: 'ipset' | 'expand' = 'ipset') {
   const api = new InMemoryVirtAPI();
   api.putGroup({ id: 'web' }, [
     { protocol: 'tcp', portRangeMin: 80 },
@@ -25,7 +25,7 @@ function setup() {
   api.putInstance(web, webNet, ['web']);
   api.putInstance(db, dbNet, ['db']);
   const kernel = new FakeKernel();
-  const driver = new IptablesFirewallDriver(api, { runner: kernel, allowSameNetTraffic: false });
+  const driver = new IptablesFirewallDriver(api, { runner: kernel, allowSameNetTraffic: false, memberMatch });
   return { api, kernel, driver };
 }
 
@@ -52,17 +52,38 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
       ['w1', true, null],
     ]);
     const webIngress = kernel.chain('4', driver.names.group('web', 'ingress'))?.join('\n') ?? '';
-    expect(webIngress).toContain('-s 10.0.0.20/32 -j ACCEPT');
+    expect(webIngress).toContain(`-m set --match-set ${driver.names.memberSet('db', 4)} src -j ACCEPT`);
+    expect(kernel.ipsetScripts.join('\n')).toContain(`add ${driver.names.memberSet('db', 4)} 10.0.0.20`);
   });
 
-  it('a membership refresh rewrites only the chains of groups that name the group', async () => {
+  it('a membership change is set elements only: no iptables-restore at all', async () => {
     api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
-    const before = kernel.restoreInputs.length;
+    const before = restores(kernel);
+    const ipsetBefore = kernel.ipsetScripts.length;
     await driver.refreshSecurityGroupMembers('db');
-    const written = kernel.restoreInputs.slice(before).join('\n');
+    expect(restores(kernel)).toBe(before);
+    expect(kernel.ipsetScripts.slice(ipsetBefore)).toEqual([`add ${driver.names.memberSet('db', 4)} 10.0.0.21 -exist\nadd ${driver.names.memberSet('db', 6)} 2001:db8::15 -exist\n`]);
+  });
+
+  it('expand mode (Nova): a membership refresh rewrites only the chains of groups that name the group', async () => {
+    const expand = setup('expand');
+    for (const [i, n] of [[web, webNet], [db, dbNet]] as const) await expand.driver.prepareInstanceFilter(i, n);
+    expand.api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
+    const before = expand.kernel.restoreInputs.length;
+    await expand.driver.refreshSecurityGroupMembers('db');
+    const written = expand.kernel.restoreInputs.slice(before).join('\n');
     const declared = [...written.matchAll(/^:(\S+)/gm)].map((m) => m[1]);
-    expect(declared).toEqual([driver.names.group('web', 'ingress')]);
+    expect(declared).toEqual([expand.driver.names.group('web', 'ingress')]);
     expect(written).toContain('-s 10.0.0.21/32 -j ACCEPT');
+  });
+
+  it('sets no rule matches any more are destroyed after the rules that used them', async () => {
+    api.putGroup({ id: 'web' }, [{ protocol: 'tcp', portRangeMin: 80 }, { direction: 'egress' }]);
+    await driver.refreshSecurityGroupRules('web');
+    const last = kernel.ipsetScripts.at(-1) ?? '';
+    expect(last).toContain(`destroy ${driver.names.memberSet('db', 4)}`);
+    // The iptables transaction that dropped the rule ran before the destroy.
+    expect(kernel.save('4')).not.toContain(driver.names.memberSet('db', 4));
   });
 
   it('a rule refresh rewrites only that group chain when the group keeps its kinds of rules', async () => {

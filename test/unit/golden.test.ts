@@ -25,7 +25,7 @@ async function rendered(options: DriverOptions, ids: string[]): Promise<string> 
   const ruleset = driver.renderRuleset();
   // What the first apply wrote to the (empty) kernel is exactly the rendered ruleset.
   expect(kernel.restoreInputs[0]).toBe(ruleset.ipv4);
-  return `# ip4tables-restore --noflush\n${ruleset.ipv4}\n# ip6tables-restore --noflush\n${ruleset.ipv6}\n# nft -f (bridge)\n${ruleset.bridge}`;
+  return `# ip4tables-restore --noflush\n${ruleset.ipv4}\n# ip6tables-restore --noflush\n${ruleset.ipv6}\n# nft -f (bridge)\n${ruleset.bridge}\n# ipset restore\n${ruleset.ipset}`;
 }
 
 describe('rendered rulesets', () => {
