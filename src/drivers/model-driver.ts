@@ -1,0 +1,331 @@
+/**
+ * ModelFirewallDriver: the seed's methods, once, for every kernel backend.
+ *
+ * A driver reads the data store through the VirtAPI before it changes any
+ * state (Nova: "compute rules outside the iptables lock"), feeds the
+ * HostModel, and asks its backend to render what the model marks dirty and to
+ * write it (`flush`, `write`). A refresh skips an instance that was
+ * unfiltered while its data was read. While deferred, nothing is written;
+ * `filterDeferApplyOff` writes everything pending at once.
+ *
+ * Backends (iptables, nftables) implement only rendering, writing, and what
+ * they can tell about the kernel.
+ */
+import { FirewallError, NotFilteredError, ValidationError } from '../errors.js';
+import { NetnsRunner, ProcessRunner, type CommandRunner } from '../kernel/exec.js';
+import { silentLogger, type Logger } from '../logger.js';
+import type { Instance, IpVersion, NetworkInfo, NormalizedProviderRule, NormalizedRule, NormalizedVif } from '../model/types.js';
+import { normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
+import { VERSIONS, instanceAddresses, type InstanceView, type MemberAddresses, type RenderOptions } from '../render/iptables-rules.js';
+import { Names } from '../render/names.js';
+import type { VirtAPI } from '../virtapi/virtapi.js';
+import { FirewallDriver, type InstanceStatus } from './firewall-driver.js';
+import { HostModel } from './host-model.js';
+import { resolveDriverOptions, type DriverOptions, type ResolvedDriverOptions } from './options.js';
+
+interface Fetched {
+  rules: Map<string, NormalizedRule[]>;
+  members: Map<string, MemberAddresses>;
+}
+
+export abstract class ModelFirewallDriver extends FirewallDriver {
+  readonly options: ResolvedDriverOptions;
+  readonly names: Names;
+  protected readonly virtapi: VirtAPI;
+  protected readonly runner: CommandRunner;
+  protected readonly log: Logger;
+  protected readonly render: RenderOptions;
+  protected readonly versions: readonly IpVersion[];
+  protected readonly model = new HostModel();
+
+  #deferred = false;
+  #bridgeNetfilterReady = false;
+  /** rules and members read during one deferred batch, so a batch reads each once */
+  #batchCache: Fetched | null = null;
+  readonly #appliedAt = new Map<string, Date>();
+  readonly #pendingError = new Map<string, string>();
+
+  constructor(virtapi: VirtAPI, options: DriverOptions = {}) {
+    super();
+    if (!virtapi || typeof virtapi.getSecurityGroupRules !== 'function') {
+      throw new ValidationError('virtapi', 'must implement the VirtAPI interface');
+    }
+    this.virtapi = virtapi;
+    this.options = resolveDriverOptions(options);
+    this.names = new Names(this.options.prefix);
+    this.log = options.logger ?? silentLogger;
+    const base = options.runner ?? new ProcessRunner();
+    this.runner = this.options.netns ? new NetnsRunner(this.options.netns, base) : base;
+    this.versions = this.options.ipv6 ? VERSIONS : [4];
+    this.render = {
+      names: this.names,
+      allowSameNetTraffic: this.options.allowSameNetTraffic,
+      fallbackAction: this.options.fallbackAction,
+      memberMatch: this.options.memberMatch,
+      bridgeFilter: this.options.bridgeFilter,
+    };
+  }
+
+  // --------------------------------------------------------- backend hooks
+
+  /** Renders everything the model marks dirty into the backend's desired state (and clears the marks). */
+  protected abstract flush(): void;
+  /** Writes the desired state to the kernel. Throws (ApplyError) with the previous state kept. */
+  protected abstract write(): Promise<void>;
+  /** The instance's filters are in the kernel as last written. */
+  protected abstract inSync(instanceId: string): boolean;
+  /** Basic filtering (L2) of VIFs changed: the backend's bridge filter follows. */
+  protected abstract basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void;
+  /** Forget what the kernel is believed to hold. */
+  abstract invalidate(): void;
+
+  // ---------------------------------------------------------- seed methods
+
+  override async setupBasicFiltering(instance: Instance, networkInfo: NetworkInfo): Promise<void> {
+    const inst = normalizeInstance(instance, networkInfo);
+    this.model.checkDevices(inst.id, inst.vifs);
+    if (!this.options.bridgeFilter) return;
+    const bridged = inst.vifs.filter((v) => !v.routed);
+    const before = this.model.basic.get(inst.id) ?? [];
+    this.model.setBasic(inst.id, bridged);
+    this.basicChanged(before, bridged);
+    await this.apply([inst.id]);
+  }
+
+  override async prepareInstanceFilter(instance: Instance, networkInfo: NetworkInfo): Promise<void> {
+    const inst = normalizeInstance(instance, networkInfo);
+    this.model.checkDevices(inst.id, inst.vifs);
+    const groupIds = await this.#fetchInstanceGroups(inst.id);
+    const fetched = await this.#fetchGroups(groupIds);
+    if (this.model.providerRules === null) this.model.providerRules = await this.#readProviderRules();
+    this.model.setInstance({ instance: inst, groupIds });
+    this.#commit(fetched);
+    await this.apply([inst.id]);
+  }
+
+  /** A no-op: everything is in place once prepareInstanceFilter returns. */
+  override async applyInstanceFilter(instance: Instance, _networkInfo: NetworkInfo): Promise<void> {
+    validateInstance(instance);
+  }
+
+  override async unfilterInstance(instance: Instance, _networkInfo: NetworkInfo): Promise<void> {
+    const { id } = validateInstance(instance);
+    const view = this.model.removeInstance(id);
+    const basic = this.model.removeBasic(id);
+    if (!view && !basic) {
+      this.log.info({ instanceId: id }, 'Attempted to unfilter instance which is not filtered');
+      return;
+    }
+    if (basic) this.basicChanged(basic, []);
+    await this.apply([id]);
+    this.#appliedAt.delete(id);
+    this.#pendingError.delete(id);
+    if (view && this.options.conntrackCleanup) await this.#forgetConnections(view);
+  }
+
+  override async instanceFilterExists(instance: Instance, _networkInfo: NetworkInfo): Promise<boolean> {
+    const { id } = validateInstance(instance);
+    return this.#isFiltered(id);
+  }
+
+  override async refreshSecurityGroupRules(securityGroupId: string): Promise<void> {
+    const groupId = validateId('securityGroupId', securityGroupId);
+    if (!this.model.hasGroup(groupId)) return;
+    const fetched = await this.#fetchGroups([groupId], true);
+    if (!this.model.hasGroup(groupId)) return;
+    this.#commit(fetched);
+    await this.apply(this.model.usersOf(groupId));
+  }
+
+  override async refreshSecurityGroupMembers(securityGroupId: string): Promise<void> {
+    const groupId = validateId('securityGroupId', securityGroupId);
+    if (!this.model.hasMembers(groupId)) return;
+    const members = await this.#fetchMembers(groupId, true);
+    if (!this.model.hasMembers(groupId)) return;
+    this.#commit({ rules: new Map(), members: new Map([[groupId, members]]) });
+    const affected = new Set<string>();
+    for (const g of this.model.groupsNaming(groupId)) for (const id of this.model.usersOf(g)) affected.add(id);
+    await this.apply(affected);
+  }
+
+  override async refreshInstanceSecurityRules(instance: Instance): Promise<void> {
+    const { id } = validateInstance(instance);
+    if (!this.model.instances.has(id)) throw new NotFilteredError(id);
+    const groupIds = await this.#fetchInstanceGroups(id);
+    const fetched = await this.#fetchGroups(groupIds, true);
+    const view = this.model.instances.get(id);
+    if (!view) {
+      this.log.info({ instanceId: id }, 'instance was unfiltered during refresh, skipping');
+      return;
+    }
+    this.model.setInstance({ instance: view.instance, groupIds });
+    this.#commit(fetched);
+    await this.apply([id]);
+  }
+
+  override async refreshProviderFwRules(): Promise<void> {
+    this.model.providerRules = await this.#readProviderRules();
+    this.model.dirtyBase = true;
+    await this.apply(this.model.instances.keys());
+  }
+
+  override filterDeferApplyOn(): void {
+    this.#deferred = true;
+    this.#batchCache = { rules: new Map(), members: new Map() };
+  }
+
+  override async filterDeferApplyOff(): Promise<void> {
+    this.#deferred = false;
+    this.#batchCache = null;
+    await this.apply(this.model.dirtyInstances);
+  }
+
+  protected get deferred(): boolean {
+    return this.#deferred;
+  }
+
+  // ------------------------------------------------------------- extensions
+
+  /** Per-instance state, for `virtfw status`. */
+  override status(): InstanceStatus[] {
+    const ids = new Set([...this.model.instances.keys(), ...this.model.basic.keys()]);
+    return [...ids].sort().map((instanceId) => ({
+      instanceId,
+      filtered: this.#isFiltered(instanceId),
+      lastApply: this.#appliedAt.get(instanceId)?.toISOString() ?? null,
+      lastError: this.#pendingError.get(instanceId) ?? null,
+    }));
+  }
+
+  /** Ids of the instances this driver filters. */
+  filteredInstances(): string[] {
+    return [...this.model.instances.keys()];
+  }
+
+  #isFiltered(id: string): boolean {
+    return this.model.instances.has(id) && this.inSync(id);
+  }
+
+  // ------------------------------------------------------------------ reads
+
+  async #fetchInstanceGroups(instanceId: string): Promise<string[]> {
+    const groups = await this.virtapi.getInstanceSecurityGroups(instanceId);
+    if (!Array.isArray(groups)) throw new ValidationError('securityGroups', 'VirtAPI returned a non-array');
+    const ids = groups.map((g, i) => validateId(`securityGroups[${i}].id`, g?.id));
+    return [...new Set(ids)];
+  }
+
+  /** Rules of the groups, and members of every group those rules name. */
+  async #fetchGroups(groupIds: readonly string[], fresh = false): Promise<Fetched> {
+    const fetched: Fetched = { rules: new Map(), members: new Map() };
+    for (const groupId of groupIds) {
+      const cached = fresh ? undefined : this.#batchCache?.rules.get(groupId);
+      const rules = cached ?? (await this.#readRules(groupId));
+      this.#batchCache?.rules.set(groupId, rules);
+      fetched.rules.set(groupId, rules);
+    }
+    for (const rules of fetched.rules.values()) {
+      for (const groupId of this.model.remotesOf(rules)) {
+        if (!fetched.members.has(groupId)) fetched.members.set(groupId, await this.#fetchMembers(groupId, fresh));
+      }
+    }
+    return fetched;
+  }
+
+  async #readRules(groupId: string): Promise<NormalizedRule[]> {
+    const rules = await this.virtapi.getSecurityGroupRules(groupId);
+    if (!Array.isArray(rules)) throw new ValidationError(`securityGroup ${groupId} rules`, 'VirtAPI returned a non-array');
+    return rules.map((r, i) => normalizeRule(r, `securityGroup ${groupId} rules[${i}]`));
+  }
+
+  async #fetchMembers(groupId: string, fresh: boolean): Promise<MemberAddresses> {
+    const cached = fresh ? undefined : this.#batchCache?.members.get(groupId);
+    if (cached) return cached;
+    const records = await this.virtapi.getSecurityGroupMembers(groupId);
+    if (!Array.isArray(records)) throw new ValidationError(`securityGroup ${groupId} members`, 'VirtAPI returned a non-array');
+    const v4 = new Set<string>();
+    const v6 = new Set<string>();
+    records.forEach((record, i) => {
+      const inst = normalizeInstance(record?.instance, record?.networkInfo, `securityGroup ${groupId} members[${i}].instance`);
+      if (inst.deleted) return;
+      for (const a of instanceAddresses(inst, 4)) v4.add(a);
+      for (const a of instanceAddresses(inst, 6)) v6.add(a);
+    });
+    const members: MemberAddresses = { 4: [...v4].sort(), 6: [...v6].sort() };
+    this.#batchCache?.members.set(groupId, members);
+    return members;
+  }
+
+  async #readProviderRules(): Promise<NormalizedProviderRule[]> {
+    const rules = await this.virtapi.getProviderRules();
+    if (!Array.isArray(rules)) throw new ValidationError('providerRules', 'VirtAPI returned a non-array');
+    return rules.map((r, i) => normalizeProviderRule(r, `providerRules[${i}]`));
+  }
+
+  /** Rules first (they say which members matter), then members. */
+  #commit(fetched: Fetched): void {
+    for (const [groupId, rules] of fetched.rules) {
+      if (this.model.usersOf(groupId).size > 0) this.model.commitRules(groupId, rules);
+    }
+    for (const [groupId, members] of fetched.members) {
+      if (this.model.groupsNaming(groupId).size > 0) this.model.commitMembers(groupId, members);
+    }
+  }
+
+  // ------------------------------------------------------------------ apply
+
+  /** Bridged traffic reaches the IP hooks only with bridge netfilter on. */
+  protected async ensureBridgeNetfilter(): Promise<void> {
+    if (this.#bridgeNetfilterReady || !this.options.ensureBridgeNetfilter) return;
+    const anyBridged =
+      this.model.basic.size > 0 || [...this.model.instances.values()].some((v) => v.instance.vifs.some((vif) => !vif.routed));
+    if (!anyBridged) return;
+    const keys = ['net.bridge.bridge-nf-call-iptables=1', ...(this.versions.includes(6) ? ['net.bridge.bridge-nf-call-ip6tables=1'] : [])];
+    let result = await this.runner.run(['sysctl', '-q', '-w', ...keys]);
+    if (result.code !== 0) {
+      await this.runner.run(['modprobe', 'br_netfilter']);
+      result = await this.runner.run(['sysctl', '-q', '-w', ...keys]);
+    }
+    if (result.code !== 0) {
+      throw new FirewallError(
+        'VIRTFW_ERR_BRIDGE_NETFILTER',
+        `cannot enable bridge netfilter (${result.stderr.trim()}): bridged instance traffic would bypass the filter`,
+      );
+    }
+    this.#bridgeNetfilterReady = true;
+  }
+
+  /** Renders and writes pending changes unless deferred; records the outcome for `instances`. */
+  protected async apply(instances: Iterable<string>): Promise<void> {
+    if (this.#deferred) return;
+    const ids = [...instances];
+    this.flush();
+    try {
+      await this.write();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      for (const id of ids) this.#pendingError.set(id, message);
+      this.log.error({ err: message, instances: ids.length }, 'apply failed; previous ruleset kept');
+      throw err;
+    }
+    const now = new Date();
+    for (const id of ids) {
+      if (this.model.instances.has(id) || this.model.basic.has(id)) this.#appliedAt.set(id, now);
+      this.#pendingError.delete(id);
+    }
+  }
+
+  async #forgetConnections(view: InstanceView): Promise<void> {
+    for (const v of this.versions) {
+      for (const address of instanceAddresses(view.instance, v)) {
+        for (const side of ['-s', '-d']) {
+          const result = await this.runner.run(['conntrack', '-D', '-f', v === 4 ? 'ipv4' : 'ipv6', side, address]);
+          // conntrack exits 1 when nothing matched; anything else is worth a warning.
+          if (result.code !== 0 && result.code !== 1) {
+            this.log.warn({ address, stderr: result.stderr.trim() }, 'conntrack cleanup failed');
+          }
+        }
+      }
+    }
+  }
+}
