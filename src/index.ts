@@ -2,6 +2,10 @@
 export { FirewallDriver, NotImplementedError, type InstanceStatus } from './drivers/firewall-driver.js';
 export { IptablesFirewallDriver } from './drivers/iptables-driver.js';
 export { NoopFirewallDriver } from './drivers/noop-driver.js';
+export { NftablesFirewallDriver } from './drivers/nftables-driver.js';
+export { ModelFirewallDriver } from './drivers/model-driver.js';
+export { NftManager } from './kernel/nft-manager.js';
+export { IpsetManager } from './kernel/ipset-manager.js';
 export { loadDriver, loadDriverWith, driverName, BUILTIN_DRIVERS, type LoadDriverConfig } from './drivers/load.js';
 export { resolveDriverOptions, type DriverOptions, type ResolvedDriverOptions } from './drivers/options.js';
 export { ApplyError, DriverLoadError, FirewallError, NotFilteredError, ValidationError } from './errors.js';

@@ -100,7 +100,7 @@ export class IptablesFirewallDriver extends ModelFirewallDriver {
   }
 
   /** Remove every chain, hook, set and table virtfw owns from the kernel, and forget all instances. */
-  async teardown(): Promise<void> {
+  override async teardown(): Promise<void> {
     this.model.clear();
     await this.manager.teardown();
     await this.ipsets.teardown();

@@ -2,7 +2,7 @@
  * loadDriver: the firewall driver named by configuration. The name comes from
  * `config.firewallDriver`, else the environment variable
  * VIRTFW_FIREWALL_DRIVER, else the caller's default. It is a short name
- * (`iptables`, `noop`) or the module specifier of a third-party driver class:
+ * (`iptables`, `nftables`, `noop`) or the module specifier of a third-party driver class:
  * `some-package`, `some-package#ExportName`, `./path/to/driver.js#Name`
  * (default export when no `#Name`). The class is constructed with `args`.
  */
@@ -11,12 +11,14 @@ import { pathToFileURL } from 'node:url';
 import { DriverLoadError, ValidationError } from '../errors.js';
 import { FirewallDriver } from './firewall-driver.js';
 import { IptablesFirewallDriver } from './iptables-driver.js';
+import { NftablesFirewallDriver } from './nftables-driver.js';
 import { NoopFirewallDriver } from './noop-driver.js';
 
 type DriverClass = new (...args: never[]) => FirewallDriver;
 
 export const BUILTIN_DRIVERS: Readonly<Record<string, DriverClass>> = Object.freeze({
   iptables: IptablesFirewallDriver as unknown as DriverClass,
+  nftables: NftablesFirewallDriver as unknown as DriverClass,
   noop: NoopFirewallDriver as unknown as DriverClass,
 });
 

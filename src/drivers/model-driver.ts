@@ -78,6 +78,8 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   protected abstract basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void;
   /** Forget what the kernel is believed to hold. */
   abstract invalidate(): void;
+  /** Remove everything of ours from the kernel, and forget all instances. */
+  abstract teardown(): Promise<void>;
 
   // ---------------------------------------------------------- seed methods
 

@@ -168,18 +168,37 @@ export class BridgeFilter {
     return drifted.size;
   }
 
-  async #write(removals: boolean): Promise<number> {
+  /**
+   * The nft statements that bring the table to the desired state (removals
+   * included or not), and what to record once they are committed; for a
+   * caller that puts them into a transaction of its own (the nftables driver).
+   */
+  plan(removals: boolean): { script: string; committed: () => void } {
     const target: Vifs = removals ? this.#desired : new Map([...this.#retiring, ...this.#desired]);
     const script = this.#plan(target);
-    if (!script) {
-      if (removals) this.#retiring.clear();
-      return 0;
-    }
     const snapshot = new Map(target);
-    await this.#run(script);
-    this.#written = snapshot;
-    if (removals) this.#retiring.clear();
-    return 1;
+    return {
+      script,
+      committed: () => {
+        if (script) {
+          this.#written = snapshot;
+          this.#tableExists = true;
+        }
+        if (removals) this.#retiring.clear();
+      },
+    };
+  }
+
+  /** A transaction that included a plan failed: the kernel state is unknown. */
+  failed(): void {
+    this.#written = null;
+  }
+
+  async #write(removals: boolean): Promise<number> {
+    const { script, committed } = this.plan(removals);
+    if (script) await this.#run(script);
+    committed();
+    return script ? 1 : 0;
   }
 
   #plan(target: Vifs): string {

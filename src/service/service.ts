@@ -16,7 +16,7 @@ import { buildAgentEndpoints } from './agent-endpoints.js';
 import { TokenAuth } from '../api/auth.js';
 import type { FirewallDriver } from '../drivers/firewall-driver.js';
 import { loadDriverWith } from '../drivers/load.js';
-import { IptablesFirewallDriver } from '../drivers/iptables-driver.js';
+import { renderRulesetText, type RulesetFormat } from '../drivers/render-ruleset.js';
 import { FakeKernel } from '../kernel/fake-kernel.js';
 import { openStore } from '../store/open.js';
 import type { Store } from '../store/store.js';
@@ -36,22 +36,11 @@ export interface StartOptions {
   logger?: PinoLogger;
 }
 
-/**
- * Renders a host's ruleset from the store with a driver that never touches
- * the kernel: `iptables` gives the iptables-restore input of both families
- * and the bridge table's nft script; `nft` only what goes through nft.
- */
-export async function renderHostRuleset(store: Store, host: string, config: ServiceConfig, format: 'iptables' | 'nft' = 'iptables'): Promise<string> {
-  const driver = new IptablesFirewallDriver(store, { ...config.driverOptions, runner: new FakeKernel(), netns: undefined });
-  driver.filterDeferApplyOn();
-  for (const row of await store.instancesOnHost(host)) {
-    const instance = { id: row.id, name: row.name, host: row.host };
-    await driver.setupBasicFiltering(instance, row.networkInfo);
-    await driver.prepareInstanceFilter(instance, row.networkInfo);
-  }
-  const r = driver.renderRuleset();
-  if (format === 'nft') return `# nft -f - (bridge)\n${r.bridge}`;
-  return `# iptables-restore --noflush\n${r.ipv4}\n# ip6tables-restore --noflush\n${r.ipv6}\n# nft -f - (bridge)\n${r.bridge}`;
+/** Renders a host's ruleset from the store, without touching the kernel (`format`: iptables or nft). */
+export async function renderHostRuleset(store: Store, host: string, config: ServiceConfig, format: RulesetFormat = 'iptables'): Promise<string> {
+  const rows = await store.instancesOnHost(host);
+  const instances = rows.map((row) => ({ instance: { id: row.id, name: row.name, host: row.host }, networkInfo: row.networkInfo }));
+  return renderRulesetText(store, instances, config.driverOptions, format);
 }
 
 export async function startService(config: ServiceConfig, options: StartOptions = {}): Promise<RunningService> {

@@ -44,7 +44,7 @@ describe('loadDriver', () => {
 
   it('an unknown name is a clear error', async () => {
     await expect(loadDriverWith('noop', { firewallDriver: 'nosuchdriver', env: {} })).rejects.toThrow(
-      /unknown firewall driver "nosuchdriver": not one of iptables, noop/,
+      /unknown firewall driver "nosuchdriver": not one of iptables, nftables, noop/,
     );
     await expect(loadDriverWith('noop', { firewallDriver: 'nosuchdriver', env: {} })).rejects.toBeInstanceOf(DriverLoadError);
   });

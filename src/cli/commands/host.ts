@@ -1,8 +1,10 @@
 /** `virtfw apply`, `virtfw ruleset`, `virtfw teardown`: the driver on a host file, without a service. */
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
-import { IptablesFirewallDriver } from '../../drivers/iptables-driver.js';
 import { loadDriverWith } from '../../drivers/load.js';
+import type { ModelFirewallDriver } from '../../drivers/model-driver.js';
+import { RULESET_FORMATS, renderRulesetText, type RulesetFormat } from '../../drivers/render-ruleset.js';
+import { ValidationError } from '../../errors.js';
 import { readHostFile } from '../../hostfile/hostfile.js';
 import { InMemoryVirtAPI } from '../../virtapi/memory.js';
 import { addDriverFlags, driverOptions, type DriverFlags } from '../driver-options.js';
@@ -13,12 +15,6 @@ interface HostFlags extends DriverFlags {
   hostFile: string;
   json?: boolean;
   format?: string;
-}
-
-async function buildDriver(flags: HostFlags) {
-  const { api, instances } = await readHostFile(flags.hostFile);
-  const driver = await loadDriverWith('iptables', { firewallDriver: flags.driver ?? null }, api, driverOptions(flags));
-  return { driver, instances };
 }
 
 /** Progress on stderr for long applies, when a person is watching (a terminal). */
@@ -37,6 +33,13 @@ function progressReporter(total: number): (done: number, phase: string) => void 
   };
 }
 
+function format(value: string | undefined, serviceSide: boolean): RulesetFormat {
+  const allowed: readonly string[] = serviceSide ? ['iptables', 'nft'] : RULESET_FORMATS;
+  const f = value ?? 'iptables';
+  if (!allowed.includes(f)) throw new ValidationError('--format', `${JSON.stringify(f)} is not one of ${allowed.join(', ')}`);
+  return f as RulesetFormat;
+}
+
 export function registerHostCommands(program: Command): void {
   addDriverFlags(
     program
@@ -46,7 +49,8 @@ export function registerHostCommands(program: Command): void {
       .option('--json', 'machine-readable output'),
     { sameNet: false },
   ).action(async (flags: HostFlags) => {
-    const { driver, instances } = await buildDriver(flags);
+    const { api, instances } = await readHostFile(flags.hostFile);
+    const driver = await loadDriverWith('iptables', { firewallDriver: flags.driver ?? null }, api, driverOptions(flags));
     const started = performance.now();
     const progress = progressReporter(instances.length);
     driver.filterDeferApplyOn();
@@ -59,11 +63,14 @@ export function registerHostCommands(program: Command): void {
     await driver.filterDeferApplyOff();
     progress(-1, '');
     const ms = Math.round(performance.now() - started);
-    const status = driver instanceof IptablesFirewallDriver ? driver.status() : [];
-    const counts = driver instanceof IptablesFirewallDriver ? driver.ruleCounts() : null;
+    const status = driver.status();
+    const counts = driver.ruleCounts();
+    const summary = Object.entries(counts)
+      .map(([k, v]) => `${v} ${k}`)
+      .join(', ');
     print({ applied: instances.length, durationMs: ms, rules: counts, instances: status }, flags.json ?? false, () =>
       [
-        `applied ${instances.length} instance(s) in ${ms} ms${counts ? `: ${counts.ipv4} IPv4, ${counts.ipv6} IPv6, ${counts.bridge} bridge rules` : ''}`,
+        `applied ${instances.length} instance(s) in ${ms} ms${summary ? `: ${summary}` : ''}`,
         table(status as unknown as Record<string, unknown>[], ['instanceId', 'filtered', 'lastApply', 'lastError']),
       ].join('\n'),
     );
@@ -72,45 +79,34 @@ export function registerHostCommands(program: Command): void {
   addDriverFlags(
     program
       .command('ruleset')
-      .description("print the rendered ruleset of a host (from the API) or of a host file, without touching the kernel")
+      .description('print the rendered ruleset of a host (from the API) or of a host file, without touching the kernel')
       .option('-f, --host-file <path>', 'render this host file locally instead of asking the API')
       .option('--host <name>', "host whose ruleset the API renders (default: this machine's name)")
       .option('--url <url>', 'virtfw API URL (env VIRTFW_URL)')
       .option('--token <token>', 'API token (env VIRTFW_TOKEN)')
-      .option('--format <format>', 'iptables (both families), ip4, ip6 or bridge', 'iptables')
+      .option('--format <format>', `${RULESET_FORMATS.join(', ')} (iptables: both families, ipsets and the bridge table; nft: the nftables driver's transaction)`, 'iptables')
       .option('--json', 'machine-readable output'),
     { sameNet: false },
   ).action(async (flags: HostFlags & { host?: string; url?: string; token?: string }) => {
     if (!flags.hostFile) {
       const host = flags.host ?? hostname();
-      const text = await clientFrom(flags).request<string>('GET', `/v2.0/hosts/${encodeURIComponent(host)}/ruleset?format=iptables`);
-      print({ host, ruleset: text }, flags.json ?? false, () => text.trimEnd());
+      const f = format(flags.format, true);
+      const text = await clientFrom(flags).request<string>('GET', `/v2.0/hosts/${encodeURIComponent(host)}/ruleset?format=${f}`);
+      print({ host, format: f, ruleset: text }, flags.json ?? false, () => text.trimEnd());
       return;
     }
-    const { driver, instances } = await buildDriver({ ...flags, dryRun: true, driver: 'iptables' });
-    const ipt = driver as IptablesFirewallDriver;
-    ipt.filterDeferApplyOn();
-    for (const { instance, networkInfo } of instances) {
-      await ipt.setupBasicFiltering(instance, networkInfo);
-      await ipt.prepareInstanceFilter(instance, networkInfo);
-    }
-    const ruleset = ipt.renderRuleset();
-    const text: Record<string, string> = {
-      iptables: `# iptables-restore --noflush\n${ruleset.ipv4}\n# ip6tables-restore --noflush\n${ruleset.ipv6}\n# nft -f - (bridge)\n${ruleset.bridge}`,
-      ip4: ruleset.ipv4,
-      ip6: ruleset.ipv6,
-      bridge: ruleset.bridge,
-    };
-    const chosen = text[flags.format ?? 'iptables'];
-    if (chosen === undefined) throw new Error(`--format: ${JSON.stringify(flags.format)} is not one of iptables, ip4, ip6, bridge`);
-    print(ruleset, flags.json ?? false, () => chosen.trimEnd());
+    const f = format(flags.format, false);
+    const { api, instances } = await readHostFile(flags.hostFile);
+    const text = await renderRulesetText(api, instances, driverOptions(flags), f);
+    print({ format: f, ruleset: text }, flags.json ?? false, () => text.trimEnd());
   });
 
   addDriverFlags(
-    program.command('teardown').description('remove every chain, hook and table virtfw owns').option('--json', 'machine-readable output'),
+    program.command('teardown').description('remove every chain, set and table virtfw owns').option('--json', 'machine-readable output'),
     { sameNet: false },
   ).action(async (flags: HostFlags) => {
-    const driver = new IptablesFirewallDriver(new InMemoryVirtAPI(), driverOptions(flags));
+    const driver = (await loadDriverWith('iptables', { firewallDriver: flags.driver ?? null }, new InMemoryVirtAPI(), driverOptions(flags))) as ModelFirewallDriver;
+    if (typeof driver.teardown !== 'function') throw new ValidationError('--driver', 'this driver owns nothing in the kernel');
     await driver.teardown();
     print({ removed: true }, flags.json ?? false, () => 'removed everything virtfw owned');
   });

@@ -1,0 +1,59 @@
+/**
+ * Guardrail for the nftables driver: before its first apply, look for other
+ * firewalls that filter the same devices, in each of the three places rules
+ * can live on a Linux host: iptables-legacy, iptables-nft and native nft
+ * tables. Two filters on one tap device both get a say, which is rarely what
+ * an operator meant; the driver reports each finding in plain words.
+ */
+import type { CommandRunner } from '../kernel/exec.js';
+import type { Names } from '../render/names.js';
+
+async function read(runner: CommandRunner, argv: string[]): Promise<string | null> {
+  try {
+    const result = await runner.run(argv, { timeoutMs: 30_000 });
+    return result.code === 0 ? result.stdout : null;
+  } catch {
+    return null; // the tool is not installed
+  }
+}
+
+function deviceMentions(text: string, devices: readonly string[]): string[] {
+  const found: string[] = [];
+  for (const dev of devices) {
+    const escaped = dev.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    if (new RegExp(`(--physdev-(in|out)|\\s-[io]|ifname)\\s+"?${escaped}"?(\\s|$)`, 'm').test(text)) found.push(dev);
+  }
+  return found;
+}
+
+export async function detectConflicts(runner: CommandRunner, names: Names, devices: readonly string[]): Promise<string[]> {
+  const findings: string[] = [];
+  const iptables: [string, string[]][] = [
+    ['iptables-legacy', ['iptables-legacy-save']],
+    ['ip6tables-legacy', ['ip6tables-legacy-save']],
+    ['iptables-nft', ['iptables-nft-save']],
+    ['ip6tables-nft', ['ip6tables-nft-save']],
+  ];
+  for (const [label, argv] of iptables) {
+    const text = await read(runner, argv);
+    if (!text) continue;
+    if (new RegExp(`^:${names.prefix}-`, 'm').test(text)) {
+      findings.push(
+        `${label} holds ${names.prefix}-* chains (the iptables driver filtered this host): remove them with \`virtfw teardown --prefix ${names.prefix}\` before using the nftables driver`,
+      );
+    }
+    const devs = deviceMentions(text, devices);
+    if (devs.length) findings.push(`${label} has rules for ${devs.join(', ')}: they apply on top of virtfw's`);
+  }
+  const ruleset = await read(runner, ['nft', 'list', 'ruleset']);
+  if (ruleset) {
+    const tables = ruleset.split(/^table /m).slice(1);
+    for (const table of tables) {
+      const header = table.split('\n')[0]?.replace(/\s*\{\s*$/, '') ?? '';
+      if (header === `inet ${names.prefix}` || header === `bridge ${names.bridgeTable}`) continue;
+      const devs = deviceMentions(table, devices);
+      if (devs.length) findings.push(`nft table ${header} has rules for ${devs.join(', ')}: they apply on top of virtfw's`);
+    }
+  }
+  return findings;
+}

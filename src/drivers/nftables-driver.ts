@@ -1,0 +1,178 @@
+/**
+ * NftablesFirewallDriver: the same security-group semantics as the iptables
+ * driver, in nftables tables of virtfw's own (`inet <prefix>` for filtering,
+ * `bridge <prefix>` for L2 anti-spoofing), written in ONE transaction per
+ * apply: IPv4, IPv6, remote groups' member sets, dispatch maps and the bridge
+ * table change together or not at all. See render/nftables.ts for the layout.
+ *
+ * It never flushes the whole ruleset and never touches another table, so it
+ * lives beside iptables-nft, Docker, libvirt or firewalld tables; note that
+ * in nftables every base chain on a hook gets its say: our accept does not
+ * override another table's drop (see the README).
+ */
+import { BridgeFilter } from '../kernel/bridge-filter.js';
+import { NftManager, type NftApplyStats } from '../kernel/nft-manager.js';
+import type { NormalizedVif } from '../model/types.js';
+import { bridgeVifOf, renderBridgeTableDelete } from '../render/bridge.js';
+import { baseInputsOf } from '../render/iptables-rules.js';
+import {
+  NFT,
+  NFT_MAP_TYPES,
+  nftDispatchElements,
+  nftGroupHasRules,
+  nftInstanceChainNames,
+  nftNames,
+  renderNftBaseChains,
+  renderNftGroupChain,
+  renderNftInstanceChains,
+} from '../render/nftables.js';
+import type { VirtAPI } from '../virtapi/virtapi.js';
+import { detectConflicts } from './conflicts.js';
+import { ModelFirewallDriver } from './model-driver.js';
+import type { DriverOptions } from './options.js';
+
+const DIRECTIONS = ['ingress', 'egress'] as const;
+
+export class NftablesFirewallDriver extends ModelFirewallDriver {
+  readonly nft: NftManager;
+  readonly bridge: BridgeFilter;
+  lastApplyStats: NftApplyStats | null = null;
+  /** instance -> the dispatch elements last rendered for it (map -> key -> verdict) */
+  readonly #dispatch = new Map<string, Map<string, Map<string, string>>>();
+  #conflictsChecked = false;
+  /** what the start-up check found (empty when nothing conflicts) */
+  conflicts: string[] = [];
+
+  constructor(virtapi: VirtAPI, options: DriverOptions = {}) {
+    super(virtapi, options);
+    this.nft = new NftManager({ table: this.names.prefix, runner: this.runner, logger: this.log, maps: NFT_MAP_TYPES });
+    this.bridge = new BridgeFilter({ names: this.names, runner: this.runner, logger: this.log });
+  }
+
+  override ruleCounts(): { inet: number; inetElements: number; bridge: number; bridgeElements: number } {
+    const bridged = this.options.bridgeFilter && this.bridge.vifCount > 0;
+    return {
+      inet: this.nft.ruleCount(),
+      inetElements: this.nft.elementCount(),
+      bridge: bridged ? this.bridge.ruleCount() : 0,
+      bridgeElements: bridged ? this.bridge.elementCount() : 0,
+    };
+  }
+
+  /** The nft script a first apply writes: the inet table, then the bridge table. */
+  override renderRuleset(): { nft: string } {
+    this.flush();
+    return { nft: this.nft.renderFull() + this.bridge.renderFull() };
+  }
+
+  override invalidate(): void {
+    this.nft.invalidate();
+    this.bridge.invalidate();
+  }
+
+  override async resync(): Promise<number> {
+    if (this.deferred) return 0;
+    const drift = (await this.nft.countDrift()) + (this.options.bridgeFilter ? await this.bridge.countDrift() : 0);
+    this.invalidate();
+    await this.apply(this.model.instances.keys());
+    return drift;
+  }
+
+  /** Removes both tables of ours in one transaction, and forgets all instances. */
+  override async teardown(): Promise<void> {
+    this.model.clear();
+    this.#dispatch.clear();
+    await this.nft.teardown(renderBridgeTableDelete(this.names));
+    this.bridge.invalidate();
+  }
+
+  // ------------------------------------------------------- backend hooks
+
+  protected override basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void {
+    for (const vif of removed) this.bridge.removeVif(vif.devname);
+    for (const vif of added) this.bridge.setVif(bridgeVifOf(vif));
+  }
+
+  protected override inSync(id: string): boolean {
+    if (!this.nft.isInSync(nftNames.instanceIngress(id)) || !this.nft.isInSync(nftNames.instanceEgress(id))) return false;
+    return (this.model.basic.get(id) ?? []).every((vif) => this.bridge.isInSync(vif.devname));
+  }
+
+  protected override flush(): void {
+    const model = this.model;
+    const groupRules = (g: string) => model.groups.get(g);
+    for (const groupId of model.dirtyMemberSets) {
+      const addresses = model.members.get(groupId);
+      for (const v of this.versions) {
+        const name = nftNames.memberSet(groupId, v);
+        if (addresses) this.nft.setSet(name, v === 4 ? 'ipv4_addr' : 'ipv6_addr', addresses[v]);
+        else this.nft.removeSet(name);
+      }
+    }
+    model.dirtyMemberSets.clear();
+    for (const groupId of model.dirtyGroups) {
+      const rules = model.groups.get(groupId);
+      for (const direction of DIRECTIONS) {
+        const chain = nftNames.group(groupId, direction);
+        const own = rules?.filter((r) => this.versions.includes(r.version)) ?? [];
+        if (rules && nftGroupHasRules(own, direction)) this.nft.setChain(chain, renderNftGroupChain(own, direction));
+        else this.nft.removeChain(chain);
+      }
+    }
+    model.dirtyGroups.clear();
+    for (const id of model.dirtyInstances) {
+      const view = model.instances.get(id);
+      const chains = view ? renderNftInstanceChains(view, groupRules, this.render) : new Map<string, string[]>();
+      for (const name of nftInstanceChainNames(id)) {
+        const rules = chains.get(name);
+        if (rules) this.nft.setChain(name, rules);
+        else this.nft.removeChain(name);
+      }
+      this.#setDispatch(id, view ? nftDispatchElements(view) : new Map());
+    }
+    model.dirtyInstances.clear();
+    if (model.dirtyBase) {
+      const inputs = baseInputsOf(model.instances.values(), model.providerRules ?? []);
+      for (const [name, chain] of renderNftBaseChains(inputs, this.render, this.versions)) this.nft.setChain(name, chain.rules, chain.base);
+      model.dirtyBase = false;
+    }
+  }
+
+  /** Replaces an instance's dispatch map elements with `next`. */
+  #setDispatch(id: string, next: Map<string, Map<string, string>>): void {
+    const before = this.#dispatch.get(id);
+    for (const [map, elements] of before ?? []) {
+      for (const key of elements.keys()) if (!next.get(map)?.has(key)) this.nft.removeMapElement(map, key);
+    }
+    for (const [map, elements] of next) {
+      if (!this.versions.includes(6) && (map === NFT.maps.from6 || map === NFT.maps.to6)) continue;
+      for (const [key, verdict] of elements) this.nft.setMapElement(map, key, verdict);
+    }
+    if (next.size) this.#dispatch.set(id, next);
+    else this.#dispatch.delete(id);
+  }
+
+  protected override async write(): Promise<void> {
+    if (!this.#conflictsChecked) {
+      this.#conflictsChecked = true;
+      this.conflicts = await detectConflicts(this.runner, this.names, this.#devices());
+      for (const conflict of this.conflicts) this.log.warn({ conflict }, 'another firewall filters the same devices');
+    }
+    await this.ensureBridgeNetfilter();
+    const bridge = this.bridge;
+    const withBridge = this.options.bridgeFilter
+      ? () => {
+          const plan = bridge.plan(true);
+          return { script: plan.script, committed: plan.committed, failed: () => bridge.failed() };
+        }
+      : undefined;
+    this.lastApplyStats = await this.nft.apply(withBridge);
+  }
+
+  #devices(): string[] {
+    const out = new Set<string>();
+    for (const view of this.model.instances.values()) for (const vif of view.instance.vifs) out.add(vif.devname);
+    for (const vifs of this.model.basic.values()) for (const vif of vifs) out.add(vif.devname);
+    return [...out];
+  }
+}

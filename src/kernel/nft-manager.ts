@@ -1,0 +1,376 @@
+/**
+ * NftManager: keeps virtfw's nftables `inet` table (chains, sets, verdict
+ * maps) in step with the driver's desired state, and writes it together with
+ * the bridge table's changes in ONE `nft -f` transaction: IPv4, IPv6, member
+ * sets, dispatch maps and L2 anti-spoofing change all at once or not at all.
+ *
+ * Incremental like the IptablesManager: every rule carries its identity
+ * (`comment "<chain hash>.<index>"`); the manager remembers what it wrote and
+ * writes only what changed: a changed chain is flushed and refilled, a member
+ * change is set elements, a new instance is its chains plus map elements.
+ * When its picture of the kernel may be stale (first apply, failure,
+ * `invalidate()`), it replaces the whole table in one transaction.
+ */
+import { ApplyError } from '../errors.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { chainHash } from '../render/restore.js';
+import type { CommandRunner } from './exec.js';
+import { toolReason } from './iptables-manager.js';
+
+export interface NftManagerOptions {
+  /** the inet table's name */
+  table: string;
+  runner: CommandRunner;
+  nftCommand?: string;
+  logger?: Logger;
+  /** map name -> nft type (`ipv4_addr : verdict`), declared with the table */
+  maps: Readonly<Record<string, string>>;
+}
+
+interface Chain {
+  rules: readonly string[];
+  base: string | undefined;
+  /** content hash, computed when written */
+  hash: string | null;
+}
+
+interface NamedSet {
+  type: string;
+  elements: ReadonlySet<string>;
+}
+
+interface Written {
+  chains: Map<string, string>;
+  sets: Map<string, ReadonlySet<string>>;
+  maps: Map<string, Map<string, string>>;
+}
+
+export interface NftApplyStats {
+  transactions: number;
+  chainsWritten: number;
+  chainsDeleted: number;
+  elementChanges: number;
+  inputLines: number;
+}
+
+/** Extra statements for the same transaction, and what to do once it commits. */
+export interface ExtraPlan {
+  script: string;
+  committed: () => void;
+  failed: () => void;
+}
+
+export class NftManager {
+  readonly table: string;
+  readonly #runner: CommandRunner;
+  readonly #nft: string;
+  readonly #log: Logger;
+  readonly #mapTypes: Readonly<Record<string, string>>;
+  readonly #chains = new Map<string, Chain>();
+  readonly #sets = new Map<string, NamedSet>();
+  readonly #maps = new Map<string, Map<string, string>>();
+  #written: Written | null = null;
+  readonly #dirtyChains = new Set<string>();
+  readonly #dirtySets = new Set<string>();
+  readonly #dirtyMaps = new Set<string>();
+  #queue: Promise<unknown> = Promise.resolve();
+  lastInput = '';
+
+  constructor(options: NftManagerOptions) {
+    this.table = options.table;
+    this.#runner = options.runner;
+    this.#nft = options.nftCommand ?? 'nft';
+    this.#log = options.logger ?? silentLogger;
+    this.#mapTypes = options.maps;
+    for (const name of Object.keys(options.maps)) this.#maps.set(name, new Map());
+  }
+
+  // ------------------------------------------------------------ desired state
+
+  setChain(name: string, rules: readonly string[], base?: string): void {
+    const current = this.#chains.get(name);
+    if (current && current.base === base && current.rules.length === rules.length && current.rules.every((r, i) => r === rules[i])) return;
+    this.#chains.set(name, { rules: [...rules], base, hash: null });
+    this.#dirtyChains.add(name);
+  }
+
+  removeChain(name: string): void {
+    if (this.#chains.delete(name)) this.#dirtyChains.add(name);
+  }
+
+  hasChain(name: string): boolean {
+    return this.#chains.has(name);
+  }
+
+  setSet(name: string, type: string, elements: readonly string[]): void {
+    this.#sets.set(name, { type, elements: new Set(elements) });
+    this.#dirtySets.add(name);
+  }
+
+  removeSet(name: string): void {
+    if (this.#sets.delete(name)) this.#dirtySets.add(name);
+  }
+
+  setMapElement(map: string, key: string, verdict: string): void {
+    const m = this.#map(map);
+    if (m.get(key) === verdict) return;
+    m.set(key, verdict);
+    this.#dirtyMaps.add(map);
+  }
+
+  removeMapElement(map: string, key: string): void {
+    if (this.#map(map).delete(key)) this.#dirtyMaps.add(map);
+  }
+
+  #map(name: string): Map<string, string> {
+    const m = this.#maps.get(name);
+    if (!m) throw new Error(`unknown map ${name}`);
+    return m;
+  }
+
+  /** Is the chain in the kernel with exactly the desired content, as last written? */
+  isInSync(name: string): boolean {
+    const chain = this.#chains.get(name);
+    if (!chain || !this.#written || this.#dirtyChains.has(name)) return false;
+    return this.#written.chains.get(name) === this.#hashOf(name, chain);
+  }
+
+  ruleCount(): number {
+    let n = 0;
+    for (const chain of this.#chains.values()) n += chain.rules.length;
+    return n;
+  }
+
+  elementCount(): number {
+    let n = 0;
+    for (const set of this.#sets.values()) n += set.elements.size;
+    for (const map of this.#maps.values()) n += map.size;
+    return n;
+  }
+
+  invalidate(): void {
+    this.#written = null;
+  }
+
+  /** The script that creates the whole table as desired (what a first apply writes). */
+  renderFull(): string {
+    return this.#fullScript().join('\n') + '\n';
+  }
+
+  // ------------------------------------------------------------------ apply
+
+  /** One transaction: this table's changes with `extra` (the bridge table's). */
+  apply(extra?: () => ExtraPlan): Promise<NftApplyStats> {
+    return this.#serialise(() => this.#apply(extra));
+  }
+
+  /** Removes the table (and runs `extra`, e.g. the bridge table's removal) in one transaction. */
+  teardown(extraScript = ''): Promise<void> {
+    this.#chains.clear();
+    this.#sets.clear();
+    for (const m of this.#maps.values()) m.clear();
+    return this.#serialise(async () => {
+      await this.#run(`add table inet ${this.table}\ndelete table inet ${this.table}\n${extraScript}`);
+      this.#written = null;
+    });
+  }
+
+  #serialise<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(work, work);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  #hashOf(name: string, chain: Chain): string {
+    chain.hash ??= chainHash(`${name}\n${chain.base ?? ''}`, chain.rules);
+    return chain.hash;
+  }
+
+  #ruleLines(name: string, chain: Chain): string[] {
+    const h = this.#hashOf(name, chain);
+    return chain.rules.map((rule, i) => `add rule inet ${this.table} ${name} ${rule} comment "${h}.${i}"`);
+  }
+
+  #chainDecl(name: string, chain: Chain): string {
+    return chain.base ? `add chain inet ${this.table} ${name} { ${chain.base} }` : `add chain inet ${this.table} ${name}`;
+  }
+
+  #elementLines(verb: 'add' | 'delete', container: string, items: readonly string[]): string[] {
+    const lines: string[] = [];
+    for (let i = 0; i < items.length; i += 500) {
+      lines.push(`${verb} element inet ${this.table} ${container} { ${items.slice(i, i + 500).join(', ')} }`);
+    }
+    return lines;
+  }
+
+  #fullScript(): string[] {
+    const t = this.table;
+    const lines = [`add table inet ${t}`, `delete table inet ${t}`, `add table inet ${t}`];
+    for (const [name, set] of this.#sets) lines.push(`add set inet ${t} ${name} { type ${set.type}; }`);
+    for (const name of this.#maps.keys()) lines.push(`add map inet ${t} ${name} { type ${this.#mapTypes[name]}; }`);
+    const names = [...this.#chains.keys()].sort();
+    for (const name of names) lines.push(this.#chainDecl(name, this.#chains.get(name) as Chain));
+    for (const [name, set] of this.#sets) lines.push(...this.#elementLines('add', name, [...set.elements]));
+    for (const name of names) lines.push(...this.#ruleLines(name, this.#chains.get(name) as Chain));
+    for (const [name, map] of this.#maps) lines.push(...this.#elementLines('add', name, [...map].map(([k, v]) => `${k} : ${v}`)));
+    return lines;
+  }
+
+  #snapshot(): Written {
+    const chains = new Map<string, string>();
+    for (const [name, chain] of this.#chains) chains.set(name, this.#hashOf(name, chain));
+    const sets = new Map<string, ReadonlySet<string>>();
+    for (const [name, set] of this.#sets) sets.set(name, set.elements);
+    const maps = new Map<string, Map<string, string>>();
+    for (const [name, map] of this.#maps) maps.set(name, new Map(map));
+    return { chains, sets, maps };
+  }
+
+  async #apply(extra?: () => ExtraPlan): Promise<NftApplyStats> {
+    const stats: NftApplyStats = { transactions: 0, chainsWritten: 0, chainsDeleted: 0, elementChanges: 0, inputLines: 0 };
+    const written = this.#written;
+    let lines: string[];
+    if (!written) {
+      lines = this.#fullScript();
+      stats.chainsWritten = this.#chains.size;
+    } else {
+      lines = this.#incremental(written, stats);
+    }
+    const plan = extra?.();
+    const script = lines.join('\n') + (lines.length ? '\n' : '') + (plan?.script ?? '');
+    if (!script.trim()) {
+      plan?.committed();
+      return stats;
+    }
+    try {
+      await this.#run(script);
+    } catch (err) {
+      this.#written = null;
+      plan?.failed();
+      throw err;
+    }
+    this.#written = this.#snapshot();
+    this.#dirtyChains.clear();
+    this.#dirtySets.clear();
+    this.#dirtyMaps.clear();
+    plan?.committed();
+    stats.transactions = 1;
+    stats.inputLines = script.split('\n').length - 1;
+    this.#log.debug({ table: this.table, ...stats }, 'nft transaction applied');
+    return stats;
+  }
+
+  /** The statements that turn `written` into the desired state, in an order the kernel accepts. */
+  #incremental(written: Written, stats: NftApplyStats): string[] {
+    const t = this.table;
+    const newObjects: string[] = [];
+    const elementDeletes: string[] = [];
+    const chainWrites: string[] = [];
+    const elementAdds: string[] = [];
+    const removals: string[] = [];
+    for (const name of [...this.#dirtySets].sort()) {
+      const set = this.#sets.get(name);
+      const before = written.sets.get(name);
+      if (!set) {
+        if (before) removals.push(`delete set inet ${t} ${name}`);
+        continue;
+      }
+      if (!before) {
+        newObjects.push(`add set inet ${t} ${name} { type ${set.type}; }`);
+        elementAdds.push(...this.#elementLines('add', name, [...set.elements]));
+        stats.elementChanges += set.elements.size;
+        continue;
+      }
+      const gone = [...before].filter((e) => !set.elements.has(e));
+      const added = [...set.elements].filter((e) => !before.has(e));
+      elementDeletes.push(...this.#elementLines('delete', name, gone));
+      elementAdds.push(...this.#elementLines('add', name, added));
+      stats.elementChanges += gone.length + added.length;
+    }
+    for (const name of [...this.#dirtyChains].sort()) {
+      const chain = this.#chains.get(name);
+      const before = written.chains.get(name);
+      if (!chain) {
+        if (before !== undefined) {
+          chainWrites.push(`flush chain inet ${t} ${name}`);
+          removals.unshift(`delete chain inet ${t} ${name}`);
+          stats.chainsDeleted += 1;
+        }
+        continue;
+      }
+      if (before === this.#hashOf(name, chain)) continue;
+      if (before === undefined) newObjects.push(this.#chainDecl(name, chain));
+      else chainWrites.push(`flush chain inet ${t} ${name}`);
+      chainWrites.push(...this.#ruleLines(name, chain));
+      stats.chainsWritten += 1;
+    }
+    for (const name of [...this.#dirtyMaps].sort()) {
+      const map = this.#maps.get(name) as Map<string, string>;
+      const before = written.maps.get(name) ?? new Map<string, string>();
+      const gone = [...before].filter(([k, v]) => map.get(k) !== v).map(([k]) => k);
+      const added = [...map].filter(([k, v]) => before.get(k) !== v).map(([k, v]) => `${k} : ${v}`);
+      elementDeletes.push(...this.#elementLines('delete', name, gone));
+      elementAdds.push(...this.#elementLines('add', name, added));
+      stats.elementChanges += gone.length + added.length;
+    }
+    // New objects exist before anything refers to them; map elements that
+    // point at chains about to go are deleted before the chains are.
+    return [...newObjects, ...elementDeletes, ...chainWrites, ...elementAdds, ...removals];
+  }
+
+  async #run(script: string): Promise<void> {
+    this.lastInput = script;
+    const result = await this.#runner.run([this.#nft, '-f', '-'], { input: script });
+    if (result.code === 0) return;
+    const reason = toolReason(result.stderr) || `exit ${result.code}`;
+    throw new ApplyError(`${this.#nft} failed, previous ruleset kept (the whole transaction was refused): ${reason}`, {
+      tool: this.#nft,
+      exitCode: result.code,
+      stderr: result.stderr,
+      input: script,
+    });
+  }
+
+  /**
+   * How many chains, sets and maps in the kernel differ from what was last
+   * written, read from `nft -j list table inet <table>`. Counts everything
+   * when the table is gone; 0 when the listing cannot be read.
+   */
+  async countDrift(): Promise<number> {
+    const written = this.#written;
+    if (!written) return 0;
+    const result = await this.#runner.run([this.#nft, '-j', 'list', 'table', 'inet', this.table]);
+    if (result.code !== 0) {
+      return /No such file or directory/.test(result.stderr) ? written.chains.size + written.sets.size + written.maps.size : 0;
+    }
+    let listing: { nftables?: Record<string, Record<string, unknown>>[] };
+    try {
+      listing = JSON.parse(result.stdout) as typeof listing;
+    } catch {
+      return 0;
+    }
+    const comments = new Map<string, string[]>();
+    const elements = new Map<string, number>();
+    for (const item of listing.nftables ?? []) {
+      if (item.chain && typeof item.chain.name === 'string') comments.set(item.chain.name, comments.get(item.chain.name) ?? []);
+      if (item.rule && typeof item.rule.chain === 'string') {
+        const list = comments.get(item.rule.chain) ?? [];
+        list.push(typeof item.rule.comment === 'string' ? item.rule.comment : '');
+        comments.set(item.rule.chain, list);
+      }
+      for (const kind of ['set', 'map'] as const) {
+        const obj = item[kind];
+        if (obj && typeof obj.name === 'string') elements.set(`${kind}:${obj.name}`, Array.isArray(obj.elem) ? obj.elem.length : 0);
+      }
+    }
+    let drift = 0;
+    for (const [name, hash] of written.chains) {
+      const seen = comments.get(name);
+      const rules = this.#chains.get(name)?.rules.length ?? 0;
+      if (!seen || seen.length !== rules || seen.some((c, i) => c !== `${hash}.${i}`)) drift += 1;
+    }
+    for (const [name, set] of written.sets) if ((elements.get(`set:${name}`) ?? -1) !== set.size) drift += 1;
+    for (const [name, map] of written.maps) if ((elements.get(`map:${name}`) ?? -1) !== map.size) drift += 1;
+    return drift;
+  }
+}

@@ -1,0 +1,269 @@
+/**
+ * Pure rendering of the model into the objects of one nftables `inet` table
+ * (both families in one table, so one transaction covers IPv4 and IPv6).
+ *
+ *   hook-forward (forward hook): ip saddr vmap @from-vm4 / ip6 saddr vmap @from-vm6 / iifname vmap @from-dev
+ *                                then jump to-vm
+ *   hook-input   (input hook):   the same egress dispatch (instance -> host)
+ *   to-vm:                       ip daddr vmap @to-vm4 / ip6 daddr vmap @to-vm6 / oifname vmap @to-dev
+ *   allowed:                     jump to-vm, accept  (egress allowed: the destination's ingress decides)
+ *
+ *   vm-out-<inst>: [vm-spoof-<inst>] out-base, [same net], sg-out-<group>..., fallback
+ *   vm-in-<inst>:  in-base, [same net], sg-in-<group>..., fallback
+ *
+ * Dispatch is by verdict map, so a packet's path does not grow with the number
+ * of instances. Bridged packets reach these IP hooks through bridge netfilter,
+ * which shows the bridge, not the tap, as their device: they are dispatched by
+ * address, which the bridge table's anti-spoofing ties to one VIF. Routed taps
+ * are dispatched by device. Remote groups' members are named sets, so neither
+ * their size nor the number of instances lengthens a rule.
+ */
+import { linkLocalFromMac } from '../model/addresses.js';
+import { ICMP, ICMPV6 } from '../model/protocols.js';
+import type { Direction, IpVersion, NormalizedProviderRule, NormalizedRule, PortMatch, Protocol } from '../model/types.js';
+import { shortHash } from './names.js';
+import { groupHasRules, type BaseInputs, type InstanceView, type RenderOptions } from './iptables-rules.js';
+
+/** Base chain priority: just before iptables-nft's (0), so our drops come first; see the README. */
+export const NFT_PRIORITY = -5;
+
+/** Names inside the table (the table itself is named for the prefix, so these need none). */
+export const NFT = {
+  forward: 'hook-forward',
+  input: 'hook-input',
+  toVm: 'to-vm',
+  allowed: 'allowed',
+  ingressBase: 'in-base',
+  egressBase: 'out-base',
+  provider: 'provider',
+  fallback: 'fallback',
+  maps: {
+    from4: 'from-vm4',
+    from6: 'from-vm6',
+    to4: 'to-vm4',
+    to6: 'to-vm6',
+    fromDev: 'from-dev',
+    toDev: 'to-dev',
+  },
+} as const;
+
+export const NFT_MAP_TYPES: Readonly<Record<string, string>> = {
+  [NFT.maps.from4]: 'ipv4_addr : verdict',
+  [NFT.maps.from6]: 'ipv6_addr : verdict',
+  [NFT.maps.to4]: 'ipv4_addr : verdict',
+  [NFT.maps.to6]: 'ipv6_addr : verdict',
+  [NFT.maps.fromDev]: 'ifname : verdict',
+  [NFT.maps.toDev]: 'ifname : verdict',
+};
+
+const hashes = new Map<string, string>();
+function hashOf(kind: 'instance' | 'group', id: string): string {
+  const key = `${kind}:${id}`;
+  let h = hashes.get(key);
+  if (h === undefined) {
+    if (hashes.size >= 200_000) hashes.clear();
+    h = shortHash(kind, id);
+    hashes.set(key, h);
+  }
+  return h;
+}
+
+export const nftNames = {
+  instanceIngress: (id: string) => `vm-in-${hashOf('instance', id)}`,
+  instanceEgress: (id: string) => `vm-out-${hashOf('instance', id)}`,
+  instanceSpoof: (id: string) => `vm-spoof-${hashOf('instance', id)}`,
+  group: (id: string, direction: Direction) => `sg-${direction === 'ingress' ? 'in' : 'out'}-${hashOf('group', id)}`,
+  memberSet: (id: string, version: IpVersion) => `members${version}-${hashOf('group', id)}`,
+};
+
+export interface NftChain {
+  rules: string[];
+  /** base chain spec, e.g. `type filter hook forward priority -5; policy accept;` */
+  base?: string;
+}
+
+const ip = (v: IpVersion) => (v === 4 ? 'ip' : 'ip6');
+const nfproto = (v: IpVersion) => `meta nfproto ${v === 4 ? 'ipv4' : 'ipv6'}`;
+const set = (items: readonly string[]) => (items.length === 1 ? (items[0] ?? '') : `{ ${items.join(', ')} }`);
+
+/** The protocol and port/type part of a match, or '' for every protocol. */
+export function nftProtocol(protocol: Protocol | null, ports: PortMatch, version: IpVersion): string {
+  if (protocol === null) return '';
+  if (ports.kind === 'ports') {
+    const range = ports.from === ports.to ? String(ports.from) : `${ports.from}-${ports.to}`;
+    const name = protocol.name === 'ipv6-icmp' ? 'icmpv6' : protocol.name;
+    return `${name} dport ${range}`;
+  }
+  if (ports.kind === 'icmp') {
+    const kind = protocol.number === ICMP && version === 4 ? 'icmp' : 'icmpv6';
+    return ports.code === -1 ? `${kind} type ${ports.type}` : `${kind} type ${ports.type} ${kind} code ${ports.code}`;
+  }
+  if (protocol.number === ICMP && version === 4) return 'meta l4proto icmp';
+  if (protocol.number === ICMPV6 && version === 6) return 'meta l4proto ipv6-icmp';
+  return `meta l4proto ${protocol.number}`;
+}
+
+/** A match for one family: the address part if any, else an explicit family match. */
+function familyMatch(version: IpVersion, address: string, proto: string): string {
+  if (address) return [address, proto].filter(Boolean).join(' ');
+  return [nfproto(version), proto].filter(Boolean).join(' ');
+}
+
+export function renderNftGroupChain(rules: readonly NormalizedRule[], direction: Direction): string[] {
+  const out: string[] = [];
+  const side = direction === 'ingress' ? 'saddr' : 'daddr';
+  const verdict = direction === 'ingress' ? 'accept' : `goto ${NFT.allowed}`;
+  for (const rule of rules) {
+    if (rule.direction !== direction) continue;
+    const v = rule.version;
+    const proto = nftProtocol(rule.protocol, rule.ports, v);
+    let address = '';
+    if (rule.remote.kind === 'cidr') address = `${ip(v)} ${side} ${rule.remote.cidr}`;
+    else if (rule.remote.kind === 'group') address = `${ip(v)} ${side} @${nftNames.memberSet(rule.remote.groupId, v)}`;
+    out.push(`${familyMatch(v, address, proto)} ${verdict}`);
+  }
+  return out;
+}
+
+export function nftGroupHasRules(rules: readonly NormalizedRule[], direction: Direction): boolean {
+  return groupHasRules(rules, direction, 4) || groupHasRules(rules, direction, 6);
+}
+
+function needsSpoofChain(view: InstanceView, opts: RenderOptions): boolean {
+  return view.instance.vifs.some((v) => v.routed || !opts.bridgeFilter);
+}
+
+/** The instance's chains (ingress, egress, and anti-spoofing for routed VIFs). */
+export function renderNftInstanceChains(
+  view: InstanceView,
+  groupRules: (groupId: string) => readonly NormalizedRule[] | undefined,
+  opts: RenderOptions,
+): Map<string, string[]> {
+  const id = view.instance.id;
+  const chains = new Map<string, string[]>();
+  const ingress = [`jump ${NFT.ingressBase}`];
+  const egress: string[] = [];
+  if (needsSpoofChain(view, opts)) {
+    const spoof: string[] = [
+      'ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return',
+      'ip6 saddr :: icmpv6 type { mld-listener-report, nd-neighbor-solicit, mld2-listener-report } return',
+    ];
+    for (const vif of view.instance.vifs) {
+      if (!(vif.routed || !opts.bridgeFilter)) continue;
+      const v4 = vif.subnets.filter((s) => s.version === 4).flatMap((s) => s.ips);
+      const v6 = [linkLocalFromMac(vif.mac), ...vif.subnets.filter((s) => s.version === 6).flatMap((s) => s.ips)];
+      if (v4.length) spoof.push(`iifname "${vif.devname}" ether saddr ${vif.mac} ip saddr ${set(v4)} return`);
+      spoof.push(`iifname "${vif.devname}" ether saddr ${vif.mac} ip6 saddr ${set(v6)} return`);
+    }
+    spoof.push('drop');
+    chains.set(nftNames.instanceSpoof(id), spoof);
+    egress.push(`jump ${nftNames.instanceSpoof(id)}`);
+  }
+  egress.push(`jump ${NFT.egressBase}`);
+  if (opts.allowSameNetTraffic) {
+    const cidrs = new Map<string, IpVersion>();
+    for (const vif of view.instance.vifs) for (const s of vif.subnets) cidrs.set(s.cidr, s.version);
+    for (const [cidr, v] of cidrs) {
+      ingress.push(`${ip(v)} saddr ${cidr} accept`);
+      egress.push(`${ip(v)} daddr ${cidr} goto ${NFT.allowed}`);
+    }
+  }
+  for (const groupId of view.groupIds) {
+    const rules = groupRules(groupId) ?? [];
+    if (nftGroupHasRules(rules, 'ingress')) ingress.push(`jump ${nftNames.group(groupId, 'ingress')}`);
+    if (nftGroupHasRules(rules, 'egress')) egress.push(`jump ${nftNames.group(groupId, 'egress')}`);
+  }
+  ingress.push(`jump ${NFT.fallback}`);
+  egress.push(`jump ${NFT.fallback}`);
+  chains.set(nftNames.instanceIngress(id), ingress);
+  chains.set(nftNames.instanceEgress(id), egress);
+  return chains;
+}
+
+export function nftInstanceChainNames(id: string): string[] {
+  return [nftNames.instanceIngress(id), nftNames.instanceEgress(id), nftNames.instanceSpoof(id)];
+}
+
+/** Dispatch map elements of one instance: map -> (key -> verdict). */
+export function nftDispatchElements(view: InstanceView): Map<string, Map<string, string>> {
+  const id = view.instance.id;
+  const toIn = `jump ${nftNames.instanceIngress(id)}`;
+  const toOut = `jump ${nftNames.instanceEgress(id)}`;
+  const out = new Map<string, Map<string, string>>(Object.values(NFT.maps).map((m) => [m, new Map()]));
+  for (const vif of view.instance.vifs) {
+    if (vif.routed) {
+      out.get(NFT.maps.fromDev)?.set(`"${vif.devname}"`, toOut);
+      out.get(NFT.maps.toDev)?.set(`"${vif.devname}"`, toIn);
+      continue;
+    }
+    for (const s of vif.subnets) {
+      for (const a of s.ips) {
+        out.get(s.version === 4 ? NFT.maps.from4 : NFT.maps.from6)?.set(a, toOut);
+        out.get(s.version === 4 ? NFT.maps.to4 : NFT.maps.to6)?.set(a, toIn);
+      }
+    }
+    const lla = linkLocalFromMac(vif.mac);
+    out.get(NFT.maps.from6)?.set(lla, toOut);
+    out.get(NFT.maps.to6)?.set(lla, toIn);
+  }
+  return out;
+}
+
+/** The shared chains (base chains, dispatch, allowed, base rules, provider, fallback). */
+export function renderNftBaseChains(inputs: BaseInputs, opts: RenderOptions, versions: readonly IpVersion[]): Map<string, NftChain> {
+  const m = NFT.maps;
+  const egressDispatch = [
+    ...(versions.includes(4) ? [`ip saddr vmap @${m.from4}`] : []),
+    ...(versions.includes(6) ? [`ip6 saddr vmap @${m.from6}`] : []),
+    `iifname vmap @${m.fromDev}`,
+  ];
+  const chains = new Map<string, NftChain>();
+  chains.set(NFT.forward, {
+    base: `type filter hook forward priority ${NFT_PRIORITY}; policy accept;`,
+    rules: [...egressDispatch, `jump ${NFT.toVm}`],
+  });
+  chains.set(NFT.input, { base: `type filter hook input priority ${NFT_PRIORITY}; policy accept;`, rules: egressDispatch });
+  chains.set(NFT.toVm, {
+    rules: [
+      ...(versions.includes(4) ? [`ip daddr vmap @${m.to4}`] : []),
+      ...(versions.includes(6) ? [`ip6 daddr vmap @${m.to6}`] : []),
+      `oifname vmap @${m.toDev}`,
+    ],
+  });
+  chains.set(NFT.allowed, { rules: [`jump ${NFT.toVm}`, 'accept'] });
+
+  const inBase = ['ct state invalid drop', 'ct state established,related accept', `jump ${NFT.provider}`];
+  if (versions.includes(4) && inputs.dhcpServers[4].length) {
+    inBase.push(`ip saddr ${set(inputs.dhcpServers[4])} udp sport 67 udp dport 68 accept`);
+  }
+  if (versions.includes(6)) {
+    if (inputs.dhcpServers[6].length) inBase.push(`ip6 saddr ${set(inputs.dhcpServers[6])} udp sport 547 udp dport 546 accept`);
+    inBase.push('icmpv6 type { mld-listener-query, nd-neighbor-solicit, nd-neighbor-advert } accept');
+    if (inputs.gateways6.length) inBase.push(`ip6 saddr ${set(inputs.gateways6)} icmpv6 type nd-router-advert accept`);
+  }
+  chains.set(NFT.ingressBase, { rules: inBase });
+
+  const allowed = `goto ${NFT.allowed}`;
+  const outBase: string[] = [];
+  if (versions.includes(4)) {
+    outBase.push(`meta nfproto ipv4 udp sport 68 udp dport 67 ${allowed}`, 'meta nfproto ipv4 udp sport 67 udp dport 68 drop');
+  }
+  if (versions.includes(6)) {
+    outBase.push(
+      'icmpv6 type { nd-router-advert, nd-redirect } drop',
+      `icmpv6 type { mld-listener-query, mld-listener-report, mld-listener-done, nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld2-listener-report } ${allowed}`,
+      `meta nfproto ipv6 udp sport 546 udp dport 547 ${allowed}`,
+      'meta nfproto ipv6 udp sport 547 udp dport 546 drop',
+    );
+  }
+  outBase.push('ct state invalid drop', `ct state established,related ${allowed}`);
+  chains.set(NFT.egressBase, { rules: outBase });
+
+  chains.set(NFT.provider, {
+    rules: inputs.providerRules
+      .filter((r: NormalizedProviderRule) => versions.includes(r.version))
+      .map((r) => [`${ip(r.version)} saddr ${r.cidr}`, nftProtocol(r.protocol, r.ports, r.version), 'drop'].filter(Boolean).join(' ')),
+  });
+  chains.set(NFT.fallback, { rules: [opts.fallbackAction === 'REJECT' ? 'reject' : 'drop'] });
+  return chains;
+}
