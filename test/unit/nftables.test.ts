@@ -1,0 +1,118 @@
+/**
+ * The nftables driver over the fake kernel: what each change writes (one
+ * transaction, only what changed), and the golden transaction of a host.
+ */
+import { beforeEach, describe, expect, it } from 'vitest';
+import { ApplyError } from '../../src/errors.js';
+import { NftablesFirewallDriver } from '../../src/drivers/nftables-driver.js';
+import { FakeKernel } from '../../src/kernel/fake-kernel.js';
+import { nftNames } from '../../src/render/nftables.js';
+import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
+import { exampleApi, vif } from '../helpers/scenarios.js';
+
+const web = { id: 'w1' };
+const webNet = [vif(10)];
+const db = { id: 'd1' };
+const dbNet = [vif(20)];
+
+describe('NftablesFirewallDriver (fake kernel)', () => {
+  let api: InMemoryVirtAPI;
+  let kernel: FakeKernel;
+  let driver: NftablesFirewallDriver;
+  const last = () => kernel.nftScripts.at(-1) ?? '';
+
+  beforeEach(async () => {
+    api = new InMemoryVirtAPI();
+    api.putGroup({ id: 'web' }, [{ protocol: 'tcp', portRangeMin: 80 }, { remoteGroupId: 'db' }, { direction: 'egress' }]);
+    api.putGroup({ id: 'db' }, [{ protocol: 'tcp', portRangeMin: 5432, remoteGroupId: 'web' }, { direction: 'egress' }]);
+    api.putInstance(web, webNet, ['web']);
+    api.putInstance(db, dbNet, ['db']);
+    kernel = new FakeKernel();
+    driver = new NftablesFirewallDriver(api, { runner: kernel, allowSameNetTraffic: false });
+    driver.filterDeferApplyOn();
+    for (const [i, n] of [[web, webNet], [db, dbNet]] as const) {
+      await driver.setupBasicFiltering(i, n);
+      await driver.prepareInstanceFilter(i, n);
+    }
+    await driver.filterDeferApplyOff();
+  });
+
+  it('writes the first apply as one transaction replacing both tables of ours', () => {
+    const nftRuns = kernel.nftScripts.length;
+    expect(nftRuns).toBe(1);
+    const script = last();
+    expect(script).toMatch(/^add table inet virtfw\ndelete table inet virtfw\n/);
+    expect(script).toContain('add table bridge virtfw');
+    expect(script).toContain(`add set inet virtfw ${nftNames.memberSet('db', 4)} { type ipv4_addr; }`);
+    expect(kernel.callCount('iptables-restore')).toBe(0);
+    expect(driver.status().every((s) => s.filtered)).toBe(true);
+  });
+
+  it('a membership change is set elements only', async () => {
+    api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
+    await driver.refreshSecurityGroupMembers('db');
+    expect(last()).toBe(
+      `add element inet virtfw ${nftNames.memberSet('db', 4)} { 10.0.0.21 }\nadd element inet virtfw ${nftNames.memberSet('db', 6)} { 2001:db8::15 }\n`,
+    );
+  });
+
+  it("a rule change replaces only its group's chain", async () => {
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 443 });
+    await driver.refreshSecurityGroupRules('web');
+    const lines = last().trim().split('\n');
+    expect(lines[0]).toBe(`flush chain inet virtfw ${nftNames.group('web', 'ingress')}`);
+    expect(lines.every((l) => l.includes(nftNames.group('web', 'ingress')))).toBe(true);
+    expect(last()).toContain('tcp dport 443 accept');
+  });
+
+  it('removing an instance deletes its map elements before its chains, in one transaction', async () => {
+    await driver.unfilterInstance(web, webNet);
+    const script = last();
+    const firstElementDelete = script.indexOf('delete element inet virtfw to-vm4');
+    const chainDelete = script.indexOf(`delete chain inet virtfw ${nftNames.instanceIngress('w1')}`);
+    expect(firstElementDelete).toBeGreaterThanOrEqual(0);
+    expect(chainDelete).toBeGreaterThan(firstElementDelete);
+    expect(script).toContain('delete element bridge virtfw vifs { "tap10" }');
+    expect(kernel.nftScripts.length).toBe(2);
+  });
+
+  it('a refused transaction keeps everything, says so with its text, and the next apply rewrites whole', async () => {
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 8443 });
+    kernel.failNext('nft', 'Error: Could not process rule: No such file or directory');
+    const err = await driver.refreshSecurityGroupRules('web').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ApplyError);
+    expect((err as ApplyError).message).toMatch(/whole transaction was refused/);
+    expect(driver.status().find((s) => s.instanceId === 'w1')?.lastError).toMatch(/nft failed/);
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 8444 });
+    await driver.refreshSecurityGroupRules('web');
+    expect(last()).toMatch(/^add table inet virtfw\ndelete table inet virtfw\n/);
+    expect(last()).toContain('tcp dport 8444 accept');
+  });
+
+  it('rules per instance do not grow with group sizes', async () => {
+    const before = driver.ruleCounts().inet;
+    for (let i = 0; i < 200; i++) api.putInstance({ id: `m${i}` }, [vif(100 + (i % 150), { devname: `tapm${i}` })], ['db']);
+    await driver.refreshSecurityGroupMembers('db');
+    expect(driver.ruleCounts().inet).toBe(before);
+  });
+});
+
+describe('nftables golden transaction', () => {
+  it('Nova defaults host, as one nft -f script', async () => {
+    const api = exampleApi();
+    const kernel = new FakeKernel();
+    const driver = new NftablesFirewallDriver(api, { runner: kernel });
+    driver.filterDeferApplyOn();
+    const records = [...(await api.getSecurityGroupMembers('web')), ...(await api.getSecurityGroupMembers('db'))].filter(
+      (r) => r.instance.id !== '5',
+    );
+    for (const r of records) {
+      await driver.setupBasicFiltering(r.instance, r.networkInfo);
+      await driver.prepareInstanceFilter(r.instance, r.networkInfo);
+    }
+    await driver.filterDeferApplyOff();
+    const text = driver.renderRuleset().nft;
+    expect(kernel.nftScripts[0]).toBe(text);
+    await expect(text).toMatchFileSnapshot('../golden/nova-defaults.nft');
+  });
+});
