@@ -278,11 +278,11 @@ export class HostAgent {
         case 'instance-created':
         case 'instance-deleted':
           for (const g of change.groups) batch.memberGroups.add(g);
-          batch.instances.add(change.instanceId);
+          if (this.#concerns(change.instanceId, change.host)) batch.instances.add(change.instanceId);
           break;
         case 'instance-updated':
           for (const g of change.membershipChanged) batch.memberGroups.add(g);
-          batch.instances.add(change.instanceId);
+          if (this.#concerns(change.instanceId, change.host, change.previousHost)) batch.instances.add(change.instanceId);
           if (!change.networkChanged && change.host === change.previousHost && change.membershipChanged.length) {
             batch.membershipOnly.add(change.instanceId);
           }
@@ -304,6 +304,11 @@ export class HostAgent {
     const last = changes.at(-1);
     if (last) this.#appliedSeq = last.seq;
     this.#applied(changes.length, 'changes');
+  }
+
+  /** Is the instance, or was it, on this host? Others' instances matter here only through their groups. */
+  #concerns(instanceId: string, ...hosts: string[]): boolean {
+    return this.#prepared.has(instanceId) || hosts.includes(this.host);
   }
 
   /** Brings one instance to what the store says now. */
