@@ -71,6 +71,8 @@ interface Batch {
 }
 
 const MAX_BACKOFF_MS = 30_000;
+/** The soonest a wake-up may retry after a failure. */
+const MIN_RETRY_MS = 250;
 
 export class HostAgent {
   readonly host: string;
@@ -98,6 +100,7 @@ export class HostAgent {
   #wakeTimer: NodeJS.Timeout | null = null;
   #retryTimer: NodeJS.Timeout | null = null;
   #failures = 0;
+  #lastFailureAt = 0;
   #unsubscribe: (() => void) | null = null;
   #lastApply: Date | null = null;
   #lastError: string | null = null;
@@ -127,7 +130,8 @@ export class HostAgent {
     this.#fullSyncWanted = true;
     await this.#run();
     if (this.#lastError) throw new Error(`initial sync of host ${this.host} failed: ${this.#lastError}`);
-    this.#timers.push(setInterval(() => this.wake(), this.#pollMs));
+    // The poll is a safety net for missed wake-ups; it does not cut a backoff short.
+    this.#timers.push(setInterval(() => this.#retryTimer === null && this.wake(), this.#pollMs));
     if (this.#resyncMs > 0) this.#timers.push(setInterval(() => this.resync(), this.#resyncMs));
     for (const t of this.#timers) t.unref();
   }
@@ -146,9 +150,25 @@ export class HostAgent {
     if (this.#reportMs > 0) await this.#report();
   }
 
-  /** Something may have changed: process the log soon (coalescing bursts). */
+  /**
+   * Something may have changed: process the log soon (coalescing bursts). A
+   * wake-up also cuts short the backoff after a failure (the next change
+   * retries, and so does the store's reconnect), but not below
+   * MIN_RETRY_MS, so a stream of changes cannot turn a failing kernel
+   * tool into a busy loop.
+   */
   wake(): void {
-    if (this.#stopped || this.#wakeTimer || this.#retryTimer) return;
+    if (this.#stopped || this.#wakeTimer) return;
+    if (this.#retryTimer) {
+      const soon = Math.max(0, this.#lastFailureAt + MIN_RETRY_MS - Date.now());
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = null;
+        void this.#run();
+      }, soon);
+      this.#retryTimer.unref();
+      return;
+    }
     this.#wakeTimer = setTimeout(() => {
       this.#wakeTimer = null;
       void this.#run();
@@ -220,6 +240,7 @@ export class HostAgent {
       this.#lastError = null;
     } catch (err) {
       this.#failures += 1;
+      this.#lastFailureAt = Date.now();
       this.#lastError = err instanceof Error ? err.message : String(err);
       this.#metrics?.errors.inc();
       const delay = Math.min(MAX_BACKOFF_MS, 250 * 2 ** Math.min(this.#failures, 10));

@@ -42,6 +42,8 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   #bridgeNetfilterReady = false;
   /** rules and members read during one deferred batch, so a batch reads each once */
   #batchCache: Fetched | null = null;
+  /** instances whose rules changed during the deferred batch, for their status */
+  readonly #deferredIds = new Set<string>();
   readonly #appliedAt = new Map<string, Date>();
   readonly #pendingError = new Map<string, string>();
 
@@ -179,7 +181,9 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   override async filterDeferApplyOff(): Promise<void> {
     this.#deferred = false;
     this.#batchCache = null;
-    await this.apply(this.model.dirtyInstances);
+    const ids = [...this.#deferredIds, ...this.model.dirtyInstances];
+    this.#deferredIds.clear();
+    await this.apply(ids);
   }
 
   protected get deferred(): boolean {
@@ -299,8 +303,11 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
 
   /** Renders and writes pending changes unless deferred; records the outcome for `instances`. */
   protected async apply(instances: Iterable<string>): Promise<void> {
-    if (this.#deferred) return;
-    const ids = [...instances];
+    if (this.#deferred) {
+      for (const id of instances) this.#deferredIds.add(id);
+      return;
+    }
+    const ids = [...new Set(instances)];
     this.flush();
     try {
       await this.write();

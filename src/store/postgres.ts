@@ -175,6 +175,13 @@ export class PostgresBackend implements StoreBackend {
       ...(schema === undefined ? {} : { options: `-c search_path=${schema}` }),
     });
     this.#pool.on('error', (error) => this.#logger.warn({ err: error }, 'idle PostgreSQL connection failed'));
+    // pg-pool listens for errors only on idle connections; one that dies while
+    // checked out (PostgreSQL restarted mid-query) would otherwise raise an
+    // unhandled 'error' event and end the process. Its query fails instead,
+    // and the pool replaces the connection.
+    this.#pool.on('connect', (client) => {
+      client.on('error', (error) => this.#logger.warn({ err: error }, 'PostgreSQL connection failed'));
+    });
     this.db = new Kysely<Database>({ dialect: new PostgresDialect({ pool: this.#pool }) });
     this.#listener = new ChangeListener(
       base,
