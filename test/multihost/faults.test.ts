@@ -445,8 +445,7 @@ describe('agents through faults', () => {
     const status = await virtfwJson<StatusView>(a.url, ['status', '--host', 'h1']);
     expect(status.lastError).toContain(message);
     expect(status.lastError).toContain('previous ruleset kept');
-    // x's rules are the ones that failed (its group's new rule): its own line says so too. Soft, so the
-    // rest (ruleset kept, recovery) is still checked and reported.
+    // x's rules are the ones that failed (its group's new rule): its own line says so too.
     expect(status.instances.find((i) => i.instanceId === xId)?.lastError ?? '', "x's own status carries the error").toContain(message);
     expect(await metric(ag.url, 'virtfw_apply_errors_total')).toBeGreaterThan(errorsBefore);
     expect((await http(ag.url, 'GET', '/healthz')).status).toBe(503);
