@@ -71,6 +71,8 @@ interface Batch {
 }
 
 const MAX_BACKOFF_MS = 30_000;
+/** An agent with nothing new still reports this often, so a silent host can be told from a dead one. */
+const REPORT_HEARTBEAT_MS = 30_000;
 /** The soonest a wake-up may retry after a failure. */
 const MIN_RETRY_MS = 250;
 
@@ -87,6 +89,8 @@ export class HostAgent {
   readonly #reportMs: number;
   #lastReportAt = 0;
   #reportedError: string | null | undefined = undefined;
+  #reportedSeq = -1;
+  #reportedApply: number | undefined = undefined;
   #reportTimer: NodeJS.Timeout | null = null;
 
   /** instance id -> JSON of the network info it was prepared with */
@@ -223,18 +227,24 @@ export class HostAgent {
       if (this.#fullSyncWanted) {
         await this.#fullSync();
       } else {
-        const oldest = await this.#store.oldestChangeSeq();
-        if (this.#appliedSeq > 0 && oldest > this.#appliedSeq + 1) {
-          this.#log.warn({ appliedSeq: this.#appliedSeq, oldest }, 'change log no longer reaches back; full resync');
-          await this.#fullSync();
-        } else {
-          let changes: ChangeRecord[];
-          do {
-            changes = await this.#store.changesSince(this.#appliedSeq, this.#batchSize);
-            if (changes.length === 0) break;
-            await this.#applyChanges(changes);
-          } while (changes.length === this.#batchSize && !this.#stopped);
-        }
+        let changes: ChangeRecord[];
+        do {
+          // One query when idle. A jump in the numbering is usually a rolled-back
+          // transaction's number; only when the log's oldest entry is past ours
+          // was it pruned, and then only a full resync is safe.
+          changes = await this.#store.changesSince(this.#appliedSeq, this.#batchSize);
+          const first = changes[0];
+          if (!first) break;
+          if (this.#appliedSeq > 0 && first.seq > this.#appliedSeq + 1) {
+            const oldest = await this.#store.oldestChangeSeq();
+            if (oldest > this.#appliedSeq + 1) {
+              this.#log.warn({ appliedSeq: this.#appliedSeq, oldest }, 'change log no longer reaches back; full resync');
+              await this.#fullSync();
+              break;
+            }
+          }
+          await this.#applyChanges(changes);
+        } while (changes.length === this.#batchSize && !this.#stopped);
       }
       this.#failures = 0;
       this.#lastError = null;
@@ -376,10 +386,17 @@ export class HostAgent {
     this.#log.info({ host: this.host, kind, count, appliedSeq: this.#appliedSeq }, 'applied');
   }
 
-  /** Reports status to the store: at most every reportIntervalMs, at once when the error state changes. */
+  /**
+   * Reports status to the store when it changed: at most every
+   * reportIntervalMs, at once when the error state changes, and otherwise as
+   * a heartbeat every REPORT_HEARTBEAT_MS (an idle host writes next to nothing).
+   */
   #scheduleReport(): void {
     if (this.#reportMs <= 0 || this.#stopped) return;
-    const wait = this.#lastReportAt + this.#reportMs - Date.now();
+    const since = Date.now() - this.#lastReportAt;
+    const changed = this.#appliedSeq !== this.#reportedSeq || this.#lastApply?.getTime() !== this.#reportedApply;
+    if (!changed && this.#lastError === this.#reportedError && since < REPORT_HEARTBEAT_MS) return;
+    const wait = this.#reportMs - since;
     if (this.#lastError !== this.#reportedError || wait <= 0) {
       void this.#report();
     } else if (!this.#reportTimer) {
@@ -394,6 +411,8 @@ export class HostAgent {
   async #report(): Promise<void> {
     this.#lastReportAt = Date.now();
     this.#reportedError = this.#lastError;
+    this.#reportedSeq = this.#appliedSeq;
+    this.#reportedApply = this.#lastApply?.getTime();
     const { host, instances, lastApply, lastError, appliedSeq } = this.status();
     try {
       await this.#store.reportAgentStatus({ host, instances, lastApply, lastError, appliedSeq });

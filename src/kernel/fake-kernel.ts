@@ -32,6 +32,19 @@ export class FakeKernel implements CommandRunner {
   readonly ipsetScripts: string[] = [];
   readonly #failures = new Map<string, string>();
   onRestore: ((version: '4' | '6') => void) | null = null;
+  readonly #keepHistory: boolean;
+
+  /**
+   * `keepHistory: false` (a long-running dry-run service) keeps only the
+   * current state, not every input it was given.
+   */
+  constructor(options: { keepHistory?: boolean } = {}) {
+    this.#keepHistory = options.keepHistory ?? true;
+  }
+
+  #record(list: string[], input: string): void {
+    if (this.#keepHistory) list.push(input);
+  }
 
   failNext(tool: string, message = 'injected failure'): void {
     this.#failures.set(tool, message);
@@ -58,12 +71,12 @@ export class FakeKernel implements CommandRunner {
         return ok(this.save(tool === 'iptables-save' ? '4' : '6'));
       case 'nft':
         if (argv.includes('-f')) {
-          this.nftScripts.push(options.input ?? '');
+          this.#record(this.nftScripts, options.input ?? '');
           return ok('');
         }
         return { code: 1, signal: null, stdout: '', stderr: 'nft listing is not modelled by the fake kernel' };
       case 'ipset':
-        if (argv[1] === 'restore') this.ipsetScripts.push(options.input ?? '');
+        if (argv[1] === 'restore') this.#record(this.ipsetScripts, options.input ?? '');
         return ok('');
       case 'sysctl':
       case 'modprobe':
@@ -90,7 +103,7 @@ export class FakeKernel implements CommandRunner {
   }
 
   #restore(version: '4' | '6', input: string, noflush: boolean): CommandResult {
-    this.restoreInputs.push(input);
+    this.#record(this.restoreInputs, input);
     this.onRestore?.(version);
     const work: Table = noflush ? cloneTable(this.tables[version]) : newTable();
     const lines = input.split('\n');

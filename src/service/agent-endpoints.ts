@@ -18,7 +18,8 @@ export interface AgentEndpointDeps {
 }
 
 export async function buildAgentEndpoints({ registry, store, agent, logger }: AgentEndpointDeps): Promise<FastifyInstance> {
-  const app: FastifyInstance = Fastify({ loggerInstance: logger.child({ component: 'agent-endpoints' }) as FastifyBaseLogger, disableRequestLogging: true });
+  // Request logs would be noise here (a scraper every few seconds): warnings and up only.
+  const app: FastifyInstance = Fastify({ loggerInstance: logger.child({ component: 'agent-endpoints' }, { level: 'warn' }) as FastifyBaseLogger });
   app.get('/metrics', async (_request, reply) => reply.type(registry.contentType).send(await registry.metrics()));
   app.get('/healthz', async (_request, reply) => {
     const status = agent.status();

@@ -49,15 +49,17 @@ export async function startService(config: ServiceConfig, options: StartOptions 
   collectDefaultMetrics({ register: registry });
   const auth = config.tokenFile ? await TokenAuth.fromFile(config.tokenFile) : null;
 
-  const store = await openStore(config.databaseUrl, { logger: log });
+  // An agent alone needs few connections (its batches are sequential): with
+  // many hosts on one PostgreSQL, connections are the scarce resource.
+  const store = await openStore(config.databaseUrl, { logger: log, defaultPoolSize: config.api ? 10 : 2 });
   let agent: HostAgent | null = null;
   let driver: FirewallDriver | null = null;
   let api: Awaited<ReturnType<typeof buildApi>> | null = null;
   try {
     await store.migrate();
     if (config.agent) {
-      const driverOptions = { ...config.driverOptions, logger: log, ...(config.dryRun ? { runner: new FakeKernel() } : {}) };
-      driver = await loadDriverWith('iptables', { firewallDriver: config.driver }, store, driverOptions);
+      const runner = config.dryRun ? { runner: new FakeKernel({ keepHistory: false }) } : {};
+      driver = await loadDriverWith('iptables', { firewallDriver: config.driver }, store, { ...config.driverOptions, logger: log, ...runner });
       agent = new HostAgent({
         store,
         driver,
@@ -66,31 +68,35 @@ export async function startService(config: ServiceConfig, options: StartOptions 
         metrics: createAgentMetrics(registry),
         resyncIntervalMs: config.resyncIntervalMs,
       });
+    }
+    // Listen before the initial sync, so a taken port fails at once rather
+    // than after a long sync.
+    let url: string | null = null;
+    if (config.listenHost !== null && config.listenPort !== null) {
+      const running = agent;
+      if (config.api) {
+        api = await buildApi({
+          store,
+          auth,
+          registry,
+          logger: log,
+          ...(running ? { agentStatus: () => running.status() } : {}),
+          renderRuleset: (host, format) => renderHostRuleset(store, host, config, format),
+        });
+      } else if (running) {
+        // An agent alone serves only what operations need: /metrics, /healthz, /status.
+        api = await buildAgentEndpoints({ registry, store, agent: running, logger: log });
+      }
+      if (api) url = await api.listen({ host: config.listenHost, port: config.listenPort });
+    }
+    if (agent && driver) {
       const started = performance.now();
       log.info({ host: config.host, driver: config.driver, dryRun: config.dryRun }, 'initial sync of host');
       await agent.start();
       log.info({ host: config.host, ms: Math.round(performance.now() - started), instances: driver.status().length }, 'host in sync');
     }
-    let url: string | null = null;
-    if (!config.api && agent && config.listenHost !== null && config.listenPort !== null) {
-      // An agent alone serves only what operations need: /metrics, /healthz, /status.
-      api = await buildAgentEndpoints({ registry, store, agent, logger: log });
-      url = await api.listen({ host: config.listenHost, port: config.listenPort });
-      log.info({ url }, 'agent metrics listening');
-    }
-    if (config.api && config.listenHost !== null && config.listenPort !== null) {
-      const running = agent;
-      api = await buildApi({
-        store,
-        auth,
-        registry,
-        logger: log,
-        ...(running ? { agentStatus: () => running.status() } : {}),
-        renderRuleset: (host, format) => renderHostRuleset(store, host, config, format),
-      });
-      url = await api.listen({ host: config.listenHost, port: config.listenPort });
-      log.info({ url, auth: auth ? 'token file' : 'none (loopback admin)' }, 'API listening');
-    }
+    if (url && config.api) log.info({ url, auth: auth ? 'token file' : 'none (loopback admin)' }, 'API listening');
+    else if (url) log.info({ url }, 'agent metrics listening');
     let closing: Promise<void> | null = null;
     return {
       config,

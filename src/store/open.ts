@@ -18,6 +18,8 @@ export interface OpenStoreOptions {
   schema?: string;
   /** PostgreSQL: the pool's maximum number of connections (default 10). */
   poolSize?: number;
+  /** PostgreSQL: the pool size when neither `poolSize` nor the URL's `pool=` gives one. */
+  defaultPoolSize?: number;
   logger?: Logger;
 }
 
@@ -53,7 +55,7 @@ export function openStore(url: string = DEFAULT_STORE_URL, options: OpenStoreOpt
     const split = splitPostgresUrl(url);
     const backend = new PostgresBackend(split.url, {
       schema: options.schema ?? split.schema,
-      poolSize: options.poolSize ?? split.poolSize,
+      poolSize: options.poolSize ?? split.poolSize ?? options.defaultPoolSize,
       logger,
     });
     return new KyselyStore(backend, { logger });
