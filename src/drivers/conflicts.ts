@@ -34,8 +34,13 @@ export async function detectConflicts(runner: CommandRunner, names: Names, devic
     ['iptables-nft', ['iptables-nft-save']],
     ['ip6tables-nft', ['ip6tables-nft-save']],
   ];
-  for (const [label, argv] of iptables) {
-    const text = await read(runner, argv);
+  // Every listing at once: they are independent reads.
+  const [texts, ruleset] = await Promise.all([
+    Promise.all(iptables.map(([, argv]) => read(runner, argv))),
+    read(runner, ['nft', 'list', 'ruleset']),
+  ]);
+  for (const [i, [label]] of iptables.entries()) {
+    const text = texts[i];
     if (!text) continue;
     if (new RegExp(`^:${names.prefix}-`, 'm').test(text)) {
       findings.push(
@@ -45,7 +50,6 @@ export async function detectConflicts(runner: CommandRunner, names: Names, devic
     const devs = deviceMentions(text, devices);
     if (devs.length) findings.push(`${label} has rules for ${devs.join(', ')}: they apply on top of virtfw's`);
   }
-  const ruleset = await read(runner, ['nft', 'list', 'ruleset']);
   if (ruleset) {
     const tables = ruleset.split(/^table /m).slice(1);
     for (const table of tables) {

@@ -15,7 +15,7 @@ import { FirewallError, NotFilteredError, ValidationError } from '../errors.js';
 import { NetnsRunner, ProcessRunner, type CommandRunner } from '../kernel/exec.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { Instance, IpVersion, NetworkInfo, NormalizedProviderRule, NormalizedRule, NormalizedVif } from '../model/types.js';
-import { normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
+import { memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
 import { VERSIONS, instanceAddresses, type InstanceView, type MemberAddresses, type RenderOptions } from '../render/iptables-rules.js';
 import { Names } from '../render/names.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
@@ -252,10 +252,10 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     const v4 = new Set<string>();
     const v6 = new Set<string>();
     records.forEach((record, i) => {
-      const inst = normalizeInstance(record?.instance, record?.networkInfo, `securityGroup ${groupId} members[${i}].instance`);
-      if (inst.deleted) return;
-      for (const a of instanceAddresses(inst, 4)) v4.add(a);
-      for (const a of instanceAddresses(inst, 6)) v6.add(a);
+      const addresses = memberAddresses(record, `securityGroup ${groupId} members[${i}]`);
+      if (!addresses) return;
+      for (const a of addresses[4]) v4.add(a);
+      for (const a of addresses[6]) v6.add(a);
     });
     const members: MemberAddresses = { 4: [...v4].sort(), 6: [...v6].sort() };
     this.#batchCache?.members.set(groupId, members);

@@ -175,6 +175,38 @@ export function validateNetworkInfo(value: unknown, field = 'networkInfo'): Norm
   return vifs;
 }
 
+/**
+ * The fixed addresses of a member of a remote group, per family, skipping a
+ * deleted member (Nova: its info cache is gone). Only what membership needs
+ * is checked: the id, the deleted flag and each address (which must be an
+ * address of its subnet's family); a member's devices and MACs are its own
+ * host's business and do not block rules that name its group elsewhere.
+ */
+export function memberAddresses(record: unknown, field: string): { 4: string[]; 6: string[] } | null {
+  if (!isRecord(record)) throw new ValidationError(field, 'must be an object with an instance and its networkInfo');
+  const inst = validateInstance(record.instance, `${field}.instance`);
+  if (inst.deleted) return null;
+  const out: { 4: string[]; 6: string[] } = { 4: [], 6: [] };
+  const vifs = record.networkInfo;
+  if (vifs === undefined || vifs === null) return out;
+  if (!Array.isArray(vifs)) throw new ValidationError(`${field}.networkInfo`, 'must be an array of VIFs');
+  vifs.forEach((vif: unknown, i) => {
+    const subnets = isRecord(vif) && isRecord(vif.network) ? vif.network.subnets : undefined;
+    if (!Array.isArray(subnets)) return;
+    subnets.forEach((subnet: unknown, k) => {
+      if (!isRecord(subnet) || !Array.isArray(subnet.ips)) return;
+      const cidr = parseCidr(subnet.cidr);
+      subnet.ips.forEach((ip: unknown, j) => {
+        const ipField = `${field}.networkInfo[${i}].network.subnets[${k}].ips[${j}].address`;
+        const address = validateAddress(ipField, isRecord(ip) ? ip.address : undefined, cidr?.version);
+        const version = cidr?.version ?? (address.includes(':') ? 6 : 4);
+        out[version].push(address);
+      });
+    });
+  });
+  return out;
+}
+
 export function normalizeInstance(instance: Instance, networkInfo: NetworkInfo | unknown, field = 'instance'): NormalizedInstance {
   const base = validateInstance(instance, field);
   return { ...base, vifs: validateNetworkInfo(networkInfo) };

@@ -1,6 +1,8 @@
 /**
  * An in-memory VirtAPI for tests and for embedders that keep their own state.
- * Reads return copies, so a driver never shares objects with the caller.
+ * Writes store copies, so a caller's later changes to its objects do not
+ * leak in; reads hand out stored network info read-only (drivers never
+ * modify what they are given).
  */
 import type { Instance, NetworkInfo, ProviderRule, SecurityGroup, SecurityGroupRule } from '../model/types.js';
 import type { InstanceRecord, VirtAPI } from './virtapi.js';
@@ -101,7 +103,9 @@ export class InMemoryVirtAPI implements VirtAPI {
     const members: InstanceRecord[] = [];
     for (const stored of this.#instances.values()) {
       if (stored.groupIds.includes(groupId)) {
-        members.push({ instance: structuredClone(stored.instance), networkInfo: structuredClone(stored.networkInfo) });
+        // Stored records are never mutated in place (putInstance replaces
+        // them), so sharing them read-only is safe and spares a deep copy.
+        members.push({ instance: { ...stored.instance }, networkInfo: stored.networkInfo });
       }
     }
     return members;
