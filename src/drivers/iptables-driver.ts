@@ -124,9 +124,13 @@ export class IptablesFirewallDriver extends ModelFirewallDriver {
   }
 
   protected override flush(): void {
+    this.#flushSets();
+    this.#flushChains();
+  }
+
+  /** Member sets: they must be in the kernel before the chains that match them. */
+  #flushSets(): void {
     const model = this.model;
-    const groupRules = (g: string) => model.groups.get(g);
-    const members = (g: string) => model.members.get(g);
     if (this.options.memberMatch === 'ipset') {
       for (const groupId of model.dirtyMemberSets) {
         const addresses = model.members.get(groupId);
@@ -138,6 +142,12 @@ export class IptablesFirewallDriver extends ModelFirewallDriver {
       }
     }
     model.dirtyMemberSets.clear();
+  }
+
+  #flushChains(): void {
+    const model = this.model;
+    const groupRules = (g: string) => model.groups.get(g);
+    const members = (g: string) => model.members.get(g);
     for (const groupId of model.dirtyGroups) {
       const rules = model.groups.get(groupId);
       for (const v of this.versions) {
@@ -177,13 +187,18 @@ export class IptablesFirewallDriver extends ModelFirewallDriver {
 
   protected override async write(): Promise<void> {
     // Anti-spoofing of new VIFs and sets new rules match against come first;
-    // reading the iptables state (when unknown) overlaps them.
+    // reading the iptables state (when unknown) overlaps them, and so does
+    // rendering the chains: the tools run in their own processes meanwhile.
+    this.#flushSets();
     this.manager.prefetch();
-    await Promise.all([
+    const first = Promise.all([
       this.ensureBridgeNetfilter(),
       this.options.bridgeFilter ? this.bridge.applyAdditions() : undefined,
       this.ipsets.applyAdditions(),
     ]);
+    await new Promise<void>((resolve) => setImmediate(resolve)); // let them start their tools
+    this.#flushChains();
+    await first;
     this.lastApplyStats = await this.manager.apply();
     // Then what the new rules no longer need.
     await Promise.all([this.options.bridgeFilter ? this.bridge.apply() : undefined, this.ipsets.apply()]);

@@ -72,7 +72,11 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
 
   /** Renders everything the model marks dirty into the backend's desired state (and clears the marks). */
   protected abstract flush(): void;
-  /** Writes the desired state to the kernel. Throws (ApplyError) with the previous state kept. */
+  /**
+   * Renders what the model marks dirty (`flush`, at whatever point suits the
+   * backend) and writes it to the kernel. Throws (ApplyError) with the
+   * previous state kept.
+   */
   protected abstract write(): Promise<void>;
   /** The instance's filters are in the kernel as last written. */
   protected abstract inSync(instanceId: string): boolean;
@@ -308,7 +312,6 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
       return;
     }
     const ids = [...new Set(instances)];
-    this.flush();
     try {
       await this.write();
     } catch (err) {

@@ -13,7 +13,7 @@
 import { BridgeFilter } from '../kernel/bridge-filter.js';
 import { NftManager, type NftApplyStats } from '../kernel/nft-manager.js';
 import type { NormalizedVif } from '../model/types.js';
-import { bridgeVifOf, renderBridgeTableDelete } from '../render/bridge.js';
+import { VIF_MARK_BASE, bridgeVifOf, renderBridgeTableDelete } from '../render/bridge.js';
 import { baseInputsOf } from '../render/iptables-rules.js';
 import {
   NFT,
@@ -40,6 +40,9 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   /** instance -> the dispatch elements last rendered for it (map -> key -> verdict) */
   readonly #dispatch = new Map<string, Map<string, Map<string, string>>>();
   #conflictsChecked = false;
+  /** bridged VIF -> the mark its frames get (see render/bridge.ts) */
+  readonly #marks = new Map<string, number>();
+  #nextMark = 1;
   /** what the start-up check found (empty when nothing conflicts) */
   conflicts: string[] = [];
 
@@ -82,6 +85,7 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   override async teardown(): Promise<void> {
     this.model.clear();
     this.#dispatch.clear();
+    this.#marks.clear();
     await this.nft.teardown(renderBridgeTableDelete(this.names));
     this.bridge.invalidate();
   }
@@ -89,8 +93,31 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   // ------------------------------------------------------- backend hooks
 
   protected override basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void {
-    for (const vif of removed) this.bridge.removeVif(vif.devname);
-    for (const vif of added) this.bridge.setVif(bridgeVifOf(vif));
+    const kept = new Set(added.map((v) => v.devname));
+    for (const vif of removed) {
+      if (kept.has(vif.devname)) continue;
+      this.bridge.removeVif(vif.devname);
+      this.#marks.delete(vif.devname);
+    }
+    for (const vif of added) this.bridge.setVif(bridgeVifOf(vif, this.#markOf(vif.devname)));
+    // Instances on these devices dispatch by the new marks.
+    const devices = new Set([...removed, ...added].map((v) => v.devname));
+    for (const [id, view] of this.model.instances) {
+      if (view.instance.vifs.some((v) => devices.has(v.devname))) this.model.dirtyInstances.add(id);
+    }
+  }
+
+  /** A mark for a bridged VIF, unique on this host while the VIF is filtered. */
+  #markOf(devname: string): number {
+    let mark = this.#marks.get(devname);
+    if (mark === undefined) {
+      const used = new Set(this.#marks.values());
+      while (used.has(VIF_MARK_BASE + this.#nextMark)) this.#nextMark = (this.#nextMark % 0xffff) + 1;
+      mark = VIF_MARK_BASE + this.#nextMark;
+      this.#nextMark = (this.#nextMark % 0xffff) + 1;
+      this.#marks.set(devname, mark);
+    }
+    return mark;
   }
 
   protected override inSync(id: string): boolean {
@@ -128,7 +155,7 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
         if (rules) this.nft.setChain(name, rules);
         else this.nft.removeChain(name);
       }
-      this.#setDispatch(id, view ? nftDispatchElements(view) : new Map());
+      this.#setDispatch(id, view ? nftDispatchElements(view, this.#marks) : new Map());
     }
     model.dirtyInstances.clear();
     if (model.dirtyBase) {
@@ -153,6 +180,7 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   }
 
   protected override async write(): Promise<void> {
+    this.flush();
     if (!this.#conflictsChecked) {
       this.#conflictsChecked = true;
       this.conflicts = await detectConflicts(this.runner, this.names, this.#devices());

@@ -16,6 +16,7 @@ import {
   BRIDGE_RULES,
   BRIDGE_SET_NAMES,
   bridgeElements,
+  markText,
   renderBridgeElementUpdate,
   renderBridgeTableDelete,
   renderBridgeTableReplace,
@@ -36,7 +37,7 @@ export interface BridgeFilterOptions {
 type Vifs = ReadonlyMap<string, BridgeVif>;
 
 const sameVif = (a: BridgeVif, b: BridgeVif): boolean =>
-  a.mac === b.mac && a.ip4.length === b.ip4.length && a.ip6.length === b.ip6.length && a.ip4.every((x, i) => x === b.ip4[i]) && a.ip6.every((x, i) => x === b.ip6[i]);
+  a.mac === b.mac && a.mark === b.mark && a.ip4.length === b.ip4.length && a.ip6.length === b.ip6.length && a.ip4.every((x, i) => x === b.ip4[i]) && a.ip6.every((x, i) => x === b.ip6[i]);
 
 export class BridgeFilter {
   readonly #names: Names;
@@ -86,9 +87,9 @@ export class BridgeFilter {
     return this.#desired.size;
   }
 
-  /** Rules of the table: a fixed chain, whatever the number of VIFs. */
+  /** Rules of the table: fixed chains, whatever the number of VIFs. */
   ruleCount(): number {
-    return BRIDGE_RULES.length;
+    return BRIDGE_RULES.length + 1;
   }
 
   /** Set elements of the table. */
@@ -139,7 +140,7 @@ export class BridgeFilter {
     // A missing table has lost every VIF; any other failure tells nothing
     // (the resync rewrites the whole table either way).
     if (result.code !== 0) return /No such file or directory/.test(result.stderr) ? written.size : 0;
-    let listing: { nftables?: { set?: { name?: string; elem?: unknown[] } }[] };
+    let listing: { nftables?: { set?: { name?: string; elem?: unknown[] }; map?: { name?: string; elem?: unknown[] } }[] };
     try {
       listing = JSON.parse(result.stdout) as typeof listing;
     } catch {
@@ -147,7 +148,8 @@ export class BridgeFilter {
     }
     const inKernel = new Map<string, Set<string>>();
     for (const item of listing.nftables ?? []) {
-      if (item.set?.name) inKernel.set(item.set.name, new Set((item.set.elem ?? []).map(elementText)));
+      const container = item.set ?? item.map;
+      if (container?.name) inKernel.set(container.name, new Set((container.elem ?? []).map(elementText)));
     }
     const drifted = new Set<string>();
     const expected = new Map<string, Set<string>>(BRIDGE_SET_NAMES.map((s) => [s, new Set<string>()]));
@@ -259,6 +261,11 @@ export class BridgeFilter {
 function elementText(elem: unknown): string {
   const value = (v: unknown) => (typeof v === 'string' ? v : JSON.stringify(v));
   if (typeof elem === 'string') return `"${elem}"`;
+  // a map element: [key, value]
+  if (Array.isArray(elem) && elem.length === 2) {
+    const [key, mark] = elem as [unknown, unknown];
+    return `${elementText(key)} : ${typeof mark === 'number' ? markText(mark) : value(mark)}`;
+  }
   const concat = (elem as { concat?: unknown[] }).concat;
   if (Array.isArray(concat)) return concat.map((v, i) => (i === 0 ? `"${value(v)}"` : value(v))).join(' . ');
   return value(elem);

@@ -27,14 +27,29 @@ export const BRIDGE_BASE_CHAIN = 'prerouting';
 /** Before br_netfilter (priority 0) hands bridged packets to iptables. */
 export const BRIDGE_PRIORITY = -200;
 
-/** The sets of the bridge table, and the nft type of their elements. */
+/** The sets (and the map) of the bridge table, and the nft type of their elements. */
 export const BRIDGE_SETS = {
   vifs: 'ifname',
   vif_mac: 'ifname . ether_addr',
   vif_arp: 'ifname . ipv4_addr',
   vif_ip4: 'ifname . ipv4_addr',
   vif_ip6: 'ifname . ipv6_addr',
+  vif_mark: 'ifname : mark',
 } as const;
+const BRIDGE_MAPS: ReadonlySet<string> = new Set(['vif_mark']);
+
+/**
+ * Forwarding to a VIF: before bridge netfilter hands the frame to the IP
+ * hooks (priority 0), the bridge port it leaves by is known only here; a
+ * driver that dispatches in the IP hooks by packet mark (the nftables driver)
+ * gives each VIF a mark, set on every frame (every copy of a flooded one)
+ * bridged to it. VIFs without a mark (the iptables driver matches the port
+ * with physdev) are left alone.
+ */
+export const BRIDGE_FORWARD_CHAIN = 'forward-mark';
+export const BRIDGE_FORWARD_PRIORITY = -10;
+/** Marks virtfw gives VIFs: this base plus a per-host number below 0x10000. */
+export const VIF_MARK_BASE = 0x56460000;
 export type BridgeSet = keyof typeof BRIDGE_SETS;
 export const BRIDGE_SET_NAMES = Object.keys(BRIDGE_SETS) as BridgeSet[];
 
@@ -45,12 +60,24 @@ export interface BridgeVif {
   ip4: readonly string[];
   /** including the EUI-64 link-local address */
   ip6: readonly string[];
+  /** packet mark for frames bridged to this VIF (nftables driver) */
+  mark?: number;
 }
 
-export function bridgeVifOf(vif: NormalizedVif): BridgeVif {
+export function bridgeVifOf(vif: NormalizedVif, mark?: number): BridgeVif {
   const ip4 = vif.subnets.filter((s) => s.version === 4).flatMap((s) => s.ips);
   const ip6 = vif.subnets.filter((s) => s.version === 6).flatMap((s) => s.ips);
-  return { devname: vif.devname, mac: vif.mac, ip4: [...new Set(ip4)], ip6: [...new Set([linkLocalFromMac(vif.mac), ...ip6])] };
+  return {
+    devname: vif.devname,
+    mac: vif.mac,
+    ip4: [...new Set(ip4)],
+    ip6: [...new Set([linkLocalFromMac(vif.mac), ...ip6])],
+    ...(mark === undefined ? {} : { mark }),
+  };
+}
+
+export function markText(mark: number): string {
+  return `0x${mark.toString(16).padStart(8, '0')}`;
 }
 
 /** The set elements one VIF contributes, as nft element text, per set. */
@@ -62,6 +89,7 @@ export function bridgeElements(vif: BridgeVif): Record<BridgeSet, string[]> {
     vif_arp: [`${dev} . 0.0.0.0`, ...vif.ip4.map((a) => `${dev} . ${a}`)],
     vif_ip4: vif.ip4.map((a) => `${dev} . ${a}`),
     vif_ip6: vif.ip6.map((a) => `${dev} . ${a}`),
+    vif_mark: vif.mark === undefined ? [] : [`${dev} : ${markText(vif.mark)}`],
   };
 }
 
@@ -112,10 +140,14 @@ export function elementsOf(vifs: Iterable<BridgeVif>): Map<BridgeSet, string[]> 
 export function renderBridgeTableReplace(names: Names, vifs: Iterable<BridgeVif>): string {
   const table = names.bridgeTable;
   const lines = [`add table bridge ${table}`, `delete table bridge ${table}`, `add table bridge ${table}`];
-  for (const set of BRIDGE_SET_NAMES) lines.push(`add set bridge ${table} ${set} { type ${BRIDGE_SETS[set]}; }`);
+  for (const set of BRIDGE_SET_NAMES) {
+    lines.push(`add ${BRIDGE_MAPS.has(set) ? 'map' : 'set'} bridge ${table} ${set} { type ${BRIDGE_SETS[set]}; }`);
+  }
   lines.push(
     `add chain bridge ${table} ${BRIDGE_BASE_CHAIN} { type filter hook prerouting priority ${BRIDGE_PRIORITY}; policy accept; }`,
     ...BRIDGE_RULES.map((r) => `add rule bridge ${table} ${BRIDGE_BASE_CHAIN} ${r}`),
+    `add chain bridge ${table} ${BRIDGE_FORWARD_CHAIN} { type filter hook forward priority ${BRIDGE_FORWARD_PRIORITY}; policy accept; }`,
+    `add rule bridge ${table} ${BRIDGE_FORWARD_CHAIN} meta mark set oifname map @vif_mark`,
     ...elementLines(table, 'add', elementsOf(vifs)),
   );
   return `${lines.join('\n')}\n`;

@@ -5,7 +5,9 @@
  *   hook-forward (forward hook): ip saddr vmap @from-vm4 / ip6 saddr vmap @from-vm6 / iifname vmap @from-dev
  *                                then jump to-vm
  *   hook-input   (input hook):   the same egress dispatch (instance -> host)
- *   to-vm:                       ip daddr vmap @to-vm4 / ip6 daddr vmap @to-vm6 / oifname vmap @to-dev
+ *   to-vm:                       meta mark vmap @to-mark (bridged: the port, marked by the bridge table)
+ *                                / ip daddr vmap @to-vm4 / ip6 daddr vmap @to-vm6 (routed onto a bridge)
+ *                                / oifname vmap @to-dev (routed taps)
  *   allowed:                     jump to-vm, accept  (egress allowed: the destination's ingress decides)
  *
  *   vm-out-<inst>: [vm-spoof-<inst>] out-base, [same net], sg-out-<group>..., fallback
@@ -13,14 +15,16 @@
  *
  * Dispatch is by verdict map, so a packet's path does not grow with the number
  * of instances. Bridged packets reach these IP hooks through bridge netfilter,
- * which shows the bridge, not the tap, as their device: they are dispatched by
- * address, which the bridge table's anti-spoofing ties to one VIF. Routed taps
- * are dispatched by device. Remote groups' members are named sets, so neither
+ * which shows the bridge, not the tap, as their device: the sender is found
+ * by its source address (which the bridge table's anti-spoofing ties to one
+ * VIF), the receiver by the packet mark the bridge table's forward hook gave
+ * the frame for the port it leaves by. Routed taps are dispatched by device. Remote groups' members are named sets, so neither
  * their size nor the number of instances lengthens a rule.
  */
 import { linkLocalFromMac } from '../model/addresses.js';
 import { ICMP, ICMPV6 } from '../model/protocols.js';
 import type { Direction, IpVersion, NormalizedProviderRule, NormalizedRule, PortMatch, Protocol } from '../model/types.js';
+import { markText } from './bridge.js';
 import { shortHash } from './names.js';
 import { groupHasRules, type BaseInputs, type InstanceView, type RenderOptions } from './iptables-rules.js';
 
@@ -44,6 +48,7 @@ export const NFT = {
     to6: 'to-vm6',
     fromDev: 'from-dev',
     toDev: 'to-dev',
+    toMark: 'to-mark',
   },
 } as const;
 
@@ -54,6 +59,7 @@ export const NFT_MAP_TYPES: Readonly<Record<string, string>> = {
   [NFT.maps.to6]: 'ipv6_addr : verdict',
   [NFT.maps.fromDev]: 'ifname : verdict',
   [NFT.maps.toDev]: 'ifname : verdict',
+  [NFT.maps.toMark]: 'mark : verdict',
 };
 
 const hashes = new Map<string, string>();
@@ -184,8 +190,14 @@ export function nftInstanceChainNames(id: string): string[] {
   return [nftNames.instanceIngress(id), nftNames.instanceEgress(id), nftNames.instanceSpoof(id)];
 }
 
-/** Dispatch map elements of one instance: map -> (key -> verdict). */
-export function nftDispatchElements(view: InstanceView): Map<string, Map<string, string>> {
+/**
+ * Dispatch map elements of one instance: map -> (key -> verdict). `marks`
+ * gives the packet mark the bridge table sets on frames bridged to each of
+ * its VIFs (see render/bridge.ts): those frames are dispatched by mark, which
+ * names the very port a frame leaves by, so broadcast and multicast copies
+ * and frames for another address also meet the receiver's ingress rules.
+ */
+export function nftDispatchElements(view: InstanceView, marks: ReadonlyMap<string, number> = new Map()): Map<string, Map<string, string>> {
   const id = view.instance.id;
   const toIn = `jump ${nftNames.instanceIngress(id)}`;
   const toOut = `jump ${nftNames.instanceEgress(id)}`;
@@ -196,6 +208,8 @@ export function nftDispatchElements(view: InstanceView): Map<string, Map<string,
       out.get(NFT.maps.toDev)?.set(`"${vif.devname}"`, toIn);
       continue;
     }
+    const mark = marks.get(vif.devname);
+    if (mark !== undefined) out.get(NFT.maps.toMark)?.set(markText(mark), toIn);
     for (const s of vif.subnets) {
       for (const a of s.ips) {
         out.get(s.version === 4 ? NFT.maps.from4 : NFT.maps.from6)?.set(a, toOut);
@@ -225,6 +239,7 @@ export function renderNftBaseChains(inputs: BaseInputs, opts: RenderOptions, ver
   chains.set(NFT.input, { base: `type filter hook input priority ${NFT_PRIORITY}; policy accept;`, rules: egressDispatch });
   chains.set(NFT.toVm, {
     rules: [
+      `meta mark vmap @${m.toMark}`,
       ...(versions.includes(4) ? [`ip daddr vmap @${m.to4}`] : []),
       ...(versions.includes(6) ? [`ip6 daddr vmap @${m.to6}`] : []),
       `oifname vmap @${m.toDev}`,
