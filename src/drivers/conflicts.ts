@@ -50,11 +50,15 @@ export async function detectConflicts(runner: CommandRunner, names: Names, devic
     const devs = deviceMentions(text, devices);
     if (devs.length) findings.push(`${label} has rules for ${devs.join(', ')}: they apply on top of virtfw's`);
   }
+  // The tables iptables-nft keeps in nftables were reported above already.
+  const iptablesNftRead = texts[2] !== null || texts[3] !== null;
+  const iptablesNftTable = /^(ip|ip6|arp|bridge) (filter|nat|mangle|raw|security|broute)$/;
   if (ruleset) {
     const tables = ruleset.split(/^table /m).slice(1);
     for (const table of tables) {
       const header = table.split('\n')[0]?.replace(/\s*\{\s*$/, '') ?? '';
       if (header === `inet ${names.prefix}` || header === `bridge ${names.bridgeTable}`) continue;
+      if (iptablesNftRead && iptablesNftTable.test(header)) continue;
       const devs = deviceMentions(table, devices);
       if (devs.length) findings.push(`nft table ${header} has rules for ${devs.join(', ')}: they apply on top of virtfw's`);
     }

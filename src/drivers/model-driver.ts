@@ -82,6 +82,8 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   protected abstract inSync(instanceId: string): boolean;
   /** Basic filtering (L2) of VIFs changed: the backend's bridge filter follows. */
   protected abstract basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void;
+  /** Refuses VIFs this backend cannot filter (a ValidationError naming the field); default: all are fine. */
+  protected checkVifs(_vifs: readonly NormalizedVif[]): void {}
   /** Forget what the kernel is believed to hold. */
   abstract invalidate(): void;
   /** Remove everything of ours from the kernel, and forget all instances. */
@@ -92,6 +94,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   override async setupBasicFiltering(instance: Instance, networkInfo: NetworkInfo): Promise<void> {
     const inst = normalizeInstance(instance, networkInfo);
     this.model.checkDevices(inst.id, inst.vifs);
+    this.checkVifs(inst.vifs);
     if (!this.options.bridgeFilter) return;
     const bridged = inst.vifs.filter((v) => !v.routed);
     const before = this.model.basic.get(inst.id) ?? [];
@@ -103,6 +106,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   override async prepareInstanceFilter(instance: Instance, networkInfo: NetworkInfo): Promise<void> {
     const inst = normalizeInstance(instance, networkInfo);
     this.model.checkDevices(inst.id, inst.vifs);
+    this.checkVifs(inst.vifs);
     const groupIds = await this.#fetchInstanceGroups(inst.id);
     const fetched = await this.#fetchGroups(groupIds);
     if (this.model.providerRules === null) this.model.providerRules = await this.#readProviderRules();

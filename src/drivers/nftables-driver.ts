@@ -13,7 +13,8 @@
 import { BridgeFilter } from '../kernel/bridge-filter.js';
 import { NftManager, type NftApplyStats } from '../kernel/nft-manager.js';
 import type { NormalizedVif } from '../model/types.js';
-import { VIF_MARK_BASE, bridgeVifOf, renderBridgeTableDelete } from '../render/bridge.js';
+import { FirewallError, ValidationError } from '../errors.js';
+import { VIF_MARK_MAX, bridgeVifOf, renderBridgeTableDelete } from '../render/bridge.js';
 import { baseInputsOf } from '../render/iptables-rules.js';
 import {
   NFT,
@@ -75,6 +76,7 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
 
   override async resync(): Promise<number> {
     if (this.deferred) return 0;
+    await this.#checkConflicts();
     const drift = (await this.nft.countDrift()) + (this.options.bridgeFilter ? await this.bridge.countDrift() : 0);
     this.invalidate();
     await this.apply(this.model.instances.keys());
@@ -92,6 +94,23 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
 
   // ------------------------------------------------------- backend hooks
 
+  /**
+   * nftables cannot see, in the IP hooks, the bridge port a bridged packet
+   * came in or goes out by (there is no physdev match): the bridge table
+   * tells it (anti-spoofing ties sources to ports, marks name the output
+   * port). Without the bridge filter, only routed taps can be filtered.
+   */
+  protected override checkVifs(vifs: readonly NormalizedVif[]): void {
+    if (this.options.bridgeFilter) return;
+    const i = vifs.findIndex((v) => !v.routed);
+    if (i !== -1) {
+      throw new ValidationError(
+        `networkInfo[${i}].type`,
+        'a bridged VIF needs the bridge filter with the nftables driver (bridgeFilter: false works only for routed taps, type "tap"); use the iptables driver to filter bridged VIFs without it',
+      );
+    }
+  }
+
   protected override basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void {
     const kept = new Set(added.map((v) => v.devname));
     for (const vif of removed) {
@@ -107,14 +126,15 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     }
   }
 
-  /** A mark for a bridged VIF, unique on this host while the VIF is filtered. */
+  /** A mark number (1-65535) for a bridged VIF, unique on this host while the VIF is filtered. */
   #markOf(devname: string): number {
     let mark = this.#marks.get(devname);
     if (mark === undefined) {
       const used = new Set(this.#marks.values());
-      while (used.has(VIF_MARK_BASE + this.#nextMark)) this.#nextMark = (this.#nextMark % 0xffff) + 1;
-      mark = VIF_MARK_BASE + this.#nextMark;
-      this.#nextMark = (this.#nextMark % 0xffff) + 1;
+      if (used.size >= VIF_MARK_MAX) throw new FirewallError('VIRTFW_ERR_CAPACITY', `more than ${VIF_MARK_MAX} bridged VIFs on one host`);
+      while (used.has(this.#nextMark)) this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
+      mark = this.#nextMark;
+      this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
       this.#marks.set(devname, mark);
     }
     return mark;
@@ -183,8 +203,7 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     this.flush();
     if (!this.#conflictsChecked) {
       this.#conflictsChecked = true;
-      this.conflicts = await detectConflicts(this.runner, this.names, this.#devices());
-      for (const conflict of this.conflicts) this.log.warn({ conflict }, 'another firewall filters the same devices');
+      await this.#checkConflicts();
     }
     await this.ensureBridgeNetfilter();
     const bridge = this.bridge;
@@ -195,6 +214,18 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
         }
       : undefined;
     this.lastApplyStats = await this.nft.apply(withBridge);
+  }
+
+  /**
+   * Looks for other firewalls on our devices (first apply, and every resync,
+   * so devices added later are covered too); logs each new finding once.
+   */
+  async #checkConflicts(): Promise<void> {
+    const found = await detectConflicts(this.runner, this.names, this.#devices());
+    for (const conflict of found) {
+      if (!this.conflicts.includes(conflict)) this.log.warn({ conflict }, 'another firewall filters the same devices');
+    }
+    this.conflicts = found;
   }
 
   #devices(): string[] {

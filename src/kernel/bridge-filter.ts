@@ -16,7 +16,6 @@ import {
   BRIDGE_RULES,
   BRIDGE_SET_NAMES,
   bridgeElements,
-  markText,
   renderBridgeElementUpdate,
   renderBridgeTableDelete,
   renderBridgeTableReplace,
@@ -87,9 +86,11 @@ export class BridgeFilter {
     return this.#desired.size;
   }
 
-  /** Rules of the table: fixed chains, whatever the number of VIFs. */
+  /** Rules of the table: fixed chains, and one per VIF with a mark number. */
   ruleCount(): number {
-    return BRIDGE_RULES.length + 1;
+    let marks = 0;
+    for (const vif of this.#desired.values()) if (vif.mark !== undefined) marks += 1;
+    return BRIDGE_RULES.length + 1 + marks;
   }
 
   /** Set elements of the table. */
@@ -129,13 +130,15 @@ export class BridgeFilter {
   }
 
   /**
-   * How many VIFs' anti-spoofing in the kernel differs from what was last
-   * written (elements missing or extra), read from `nft -j list table`.
+   * How many VIFs' anti-spoofing in the kernel differs from what we want
+   * (elements missing or extra), read from `nft -j list table`.
    * Every VIF counts when the table itself is gone.
    */
   async countDrift(): Promise<number> {
-    const written = this.#written;
-    if (!written || written.size === 0) return 0;
+    // Compared with what we want (which a resync is about to write), so a
+    // resync after a failed apply counts what it repairs too.
+    const written: ReadonlyMap<string, BridgeVif> = this.#desired;
+    if (written.size === 0) return 0;
     const result = await this.#runner.run([this.#nft, '-j', 'list', 'table', 'bridge', this.#names.bridgeTable]);
     // A missing table has lost every VIF; any other failure tells nothing
     // (the resync rewrites the whole table either way).
@@ -210,6 +213,7 @@ export class BridgeFilter {
     }
     const added = new Map<BridgeSet, string[]>();
     const removed = new Map<BridgeSet, string[]>();
+    const marks = { added: [] as number[], removed: [] as number[] };
     const push = (into: Map<BridgeSet, string[]>, set: BridgeSet, items: string[]) => {
       if (items.length) into.set(set, [...(into.get(set) ?? []), ...items]);
     };
@@ -224,13 +228,21 @@ export class BridgeFilter {
         push(removed, set, [...old].filter((e) => !next.has(e)));
         push(added, set, [...next].filter((e) => !old.has(e)));
       }
+      if (vif.mark !== before?.mark) {
+        if (vif.mark !== undefined) marks.added.push(vif.mark);
+        if (before?.mark !== undefined) marks.removed.push(before.mark);
+      }
     }
     for (const [devname, vif] of this.#written) {
       if (target.has(devname)) continue;
       const was = bridgeElements(vif);
       for (const set of BRIDGE_SET_NAMES) push(removed, set, was[set]);
+      if (vif.mark !== undefined) marks.removed.push(vif.mark);
     }
-    return renderBridgeElementUpdate(this.#names, added, removed);
+    // A number given up by one VIF and taken by another in the same batch keeps its chain.
+    const taken = new Set(marks.added);
+    marks.removed = marks.removed.filter((n) => !taken.has(n));
+    return renderBridgeElementUpdate(this.#names, added, removed, marks);
   }
 
   #serialise<T>(work: () => Promise<T>): Promise<T> {
@@ -261,10 +273,10 @@ export class BridgeFilter {
 function elementText(elem: unknown): string {
   const value = (v: unknown) => (typeof v === 'string' ? v : JSON.stringify(v));
   if (typeof elem === 'string') return `"${elem}"`;
-  // a map element: [key, value]
+  // a verdict map element: [key, {"jump": {"target": chain}}]
   if (Array.isArray(elem) && elem.length === 2) {
-    const [key, mark] = elem as [unknown, unknown];
-    return `${elementText(key)} : ${typeof mark === 'number' ? markText(mark) : value(mark)}`;
+    const [key, verdict] = elem as [unknown, { jump?: { target?: string } }];
+    return `${elementText(key)} : jump ${verdict?.jump?.target ?? value(verdict)}`;
   }
   const concat = (elem as { concat?: unknown[] }).concat;
   if (Array.isArray(concat)) return concat.map((v, i) => (i === 0 ? `"${value(v)}"` : value(v))).join(' . ');

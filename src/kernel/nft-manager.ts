@@ -332,17 +332,16 @@ export class NftManager {
   }
 
   /**
-   * How many chains, sets and maps in the kernel differ from what was last
-   * written, read from `nft -j list table inet <table>`. Counts everything
-   * when the table is gone; 0 when the listing cannot be read.
+   * How many of the chains, sets and maps we want differ in the kernel
+   * (missing, flushed, edited, elements gone or added), read from
+   * `nft -j list table inet <table>`: what a resync is about to repair.
+   * Everything counts when the table is gone; 0 when the listing cannot be read.
    */
   async countDrift(): Promise<number> {
-    const written = this.#written;
-    if (!written) return 0;
+    const wanted = this.#chains.size + this.#sets.size + this.#maps.size;
+    if (this.#chains.size === 0) return 0;
     const result = await this.#runner.run([this.#nft, '-j', 'list', 'table', 'inet', this.table]);
-    if (result.code !== 0) {
-      return /No such file or directory/.test(result.stderr) ? written.chains.size + written.sets.size + written.maps.size : 0;
-    }
+    if (result.code !== 0) return /No such file or directory/.test(result.stderr) ? wanted : 0;
     let listing: { nftables?: Record<string, Record<string, unknown>>[] };
     try {
       listing = JSON.parse(result.stdout) as typeof listing;
@@ -364,13 +363,13 @@ export class NftManager {
       }
     }
     let drift = 0;
-    for (const [name, hash] of written.chains) {
+    for (const [name, chain] of this.#chains) {
+      const hash = this.#hashOf(name, chain);
       const seen = comments.get(name);
-      const rules = this.#chains.get(name)?.rules.length ?? 0;
-      if (!seen || seen.length !== rules || seen.some((c, i) => c !== `${hash}.${i}`)) drift += 1;
+      if (!seen || seen.length !== chain.rules.length || seen.some((c, i) => c !== `${hash}.${i}`)) drift += 1;
     }
-    for (const [name, set] of written.sets) if ((elements.get(`set:${name}`) ?? -1) !== set.size) drift += 1;
-    for (const [name, map] of written.maps) if ((elements.get(`map:${name}`) ?? -1) !== map.size) drift += 1;
+    for (const [name, set] of this.#sets) if ((elements.get(`set:${name}`) ?? -1) !== set.elements.size) drift += 1;
+    for (const [name, map] of this.#maps) if ((elements.get(`map:${name}`) ?? -1) !== map.size) drift += 1;
     return drift;
   }
 }

@@ -34,22 +34,44 @@ export const BRIDGE_SETS = {
   vif_arp: 'ifname . ipv4_addr',
   vif_ip4: 'ifname . ipv4_addr',
   vif_ip6: 'ifname . ipv6_addr',
-  vif_mark: 'ifname : mark',
+  vif_mark: 'ifname : verdict',
 } as const;
 const BRIDGE_MAPS: ReadonlySet<string> = new Set(['vif_mark']);
 
 /**
  * Forwarding to a VIF: before bridge netfilter hands the frame to the IP
- * hooks (priority 0), the bridge port it leaves by is known only here; a
+ * hooks (priority 0), the bridge port it leaves by is known only here. A
  * driver that dispatches in the IP hooks by packet mark (the nftables driver)
- * gives each VIF a mark, set on every frame (every copy of a flooded one)
- * bridged to it. VIFs without a mark (the iptables driver matches the port
- * with physdev) are left alone.
+ * gives each VIF a number n (1-65535); every frame (every copy of a flooded
+ * one) bridged to that VIF gets n in the mark's upper 16 bits, through a
+ * one-rule chain `mark-<n>` reached by a verdict map on the output port. The
+ * lower 16 bits (where kube-proxy, Docker and others keep theirs) are left as
+ * they were. VIFs without a number (the iptables driver matches the port with
+ * physdev) are left alone.
  */
 export const BRIDGE_FORWARD_CHAIN = 'forward-mark';
 export const BRIDGE_FORWARD_PRIORITY = -10;
-/** Marks virtfw gives VIFs: this base plus a per-host number below 0x10000. */
-export const VIF_MARK_BASE = 0x56460000;
+export const VIF_MARK_SHIFT = 16;
+export const VIF_MARK_MASK = 0xffff0000;
+export const VIF_MARK_MAX = 0xffff;
+
+export function markText(n: number): string {
+  return `0x${((n << VIF_MARK_SHIFT) >>> 0).toString(16).padStart(8, '0')}`;
+}
+
+export function markChain(n: number): string {
+  return `mark-${n}`;
+}
+
+function markChainLines(table: string, n: number): string[] {
+  const chain = markChain(n);
+  return [
+    `add chain bridge ${table} ${chain}`,
+    `flush chain bridge ${table} ${chain}`,
+    `add rule bridge ${table} ${chain} meta mark set meta mark and 0x0000ffff or ${markText(n)}`,
+  ];
+}
+
 export type BridgeSet = keyof typeof BRIDGE_SETS;
 export const BRIDGE_SET_NAMES = Object.keys(BRIDGE_SETS) as BridgeSet[];
 
@@ -60,7 +82,7 @@ export interface BridgeVif {
   ip4: readonly string[];
   /** including the EUI-64 link-local address */
   ip6: readonly string[];
-  /** packet mark for frames bridged to this VIF (nftables driver) */
+  /** number for the packet mark of frames bridged to this VIF (nftables driver), 1-65535 */
   mark?: number;
 }
 
@@ -76,9 +98,6 @@ export function bridgeVifOf(vif: NormalizedVif, mark?: number): BridgeVif {
   };
 }
 
-export function markText(mark: number): string {
-  return `0x${mark.toString(16).padStart(8, '0')}`;
-}
 
 /** The set elements one VIF contributes, as nft element text, per set. */
 export function bridgeElements(vif: BridgeVif): Record<BridgeSet, string[]> {
@@ -89,7 +108,7 @@ export function bridgeElements(vif: BridgeVif): Record<BridgeSet, string[]> {
     vif_arp: [`${dev} . 0.0.0.0`, ...vif.ip4.map((a) => `${dev} . ${a}`)],
     vif_ip4: vif.ip4.map((a) => `${dev} . ${a}`),
     vif_ip6: vif.ip6.map((a) => `${dev} . ${a}`),
-    vif_mark: vif.mark === undefined ? [] : [`${dev} : ${markText(vif.mark)}`],
+    vif_mark: vif.mark === undefined ? [] : [`${dev} : jump ${markChain(vif.mark)}`],
   };
 }
 
@@ -147,20 +166,31 @@ export function renderBridgeTableReplace(names: Names, vifs: Iterable<BridgeVif>
     `add chain bridge ${table} ${BRIDGE_BASE_CHAIN} { type filter hook prerouting priority ${BRIDGE_PRIORITY}; policy accept; }`,
     ...BRIDGE_RULES.map((r) => `add rule bridge ${table} ${BRIDGE_BASE_CHAIN} ${r}`),
     `add chain bridge ${table} ${BRIDGE_FORWARD_CHAIN} { type filter hook forward priority ${BRIDGE_FORWARD_PRIORITY}; policy accept; }`,
-    `add rule bridge ${table} ${BRIDGE_FORWARD_CHAIN} meta mark set oifname map @vif_mark`,
-    ...elementLines(table, 'add', elementsOf(vifs)),
+    `add rule bridge ${table} ${BRIDGE_FORWARD_CHAIN} oifname vmap @vif_mark`,
   );
+  const all = [...vifs];
+  for (const vif of all) if (vif.mark !== undefined) lines.push(...markChainLines(table, vif.mark));
+  lines.push(...elementLines(table, 'add', elementsOf(all)));
   return `${lines.join('\n')}\n`;
 }
 
-/** One transaction that deletes and adds set elements, on a table known to hold the `removed` ones. */
+/**
+ * One transaction that deletes and adds set elements (and the mark chains of
+ * VIFs that come or go), on a table known to hold the `removed` ones.
+ */
 export function renderBridgeElementUpdate(
   names: Names,
   added: ReadonlyMap<BridgeSet, readonly string[]>,
   removed: ReadonlyMap<BridgeSet, readonly string[]>,
+  marks: { added: readonly number[]; removed: readonly number[] } = { added: [], removed: [] },
 ): string {
   const table = names.bridgeTable;
-  const lines = [...elementLines(table, 'delete', removed), ...elementLines(table, 'add', added)];
+  const lines = [
+    ...marks.added.flatMap((n) => markChainLines(table, n)),
+    ...elementLines(table, 'delete', removed),
+    ...elementLines(table, 'add', added),
+    ...marks.removed.flatMap((n) => [`flush chain bridge ${table} ${markChain(n)}`, `delete chain bridge ${table} ${markChain(n)}`]),
+  ];
   return lines.length ? `${lines.join('\n')}\n` : '';
 }
 

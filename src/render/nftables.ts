@@ -24,7 +24,7 @@
 import { linkLocalFromMac } from '../model/addresses.js';
 import { ICMP, ICMPV6 } from '../model/protocols.js';
 import type { Direction, IpVersion, NormalizedProviderRule, NormalizedRule, PortMatch, Protocol } from '../model/types.js';
-import { markText } from './bridge.js';
+import { VIF_MARK_MASK, markText } from './bridge.js';
 import { shortHash } from './names.js';
 import { groupHasRules, type BaseInputs, type InstanceView, type RenderOptions } from './iptables-rules.js';
 
@@ -239,7 +239,7 @@ export function renderNftBaseChains(inputs: BaseInputs, opts: RenderOptions, ver
   chains.set(NFT.input, { base: `type filter hook input priority ${NFT_PRIORITY}; policy accept;`, rules: egressDispatch });
   chains.set(NFT.toVm, {
     rules: [
-      `meta mark vmap @${m.toMark}`,
+      `meta mark and ${`0x${VIF_MARK_MASK.toString(16)}`} vmap @${m.toMark}`,
       ...(versions.includes(4) ? [`ip daddr vmap @${m.to4}`] : []),
       ...(versions.includes(6) ? [`ip6 daddr vmap @${m.to6}`] : []),
       `oifname vmap @${m.toDev}`,

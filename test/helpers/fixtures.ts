@@ -11,11 +11,13 @@
  */
 import { expect } from 'vitest';
 import { IptablesFirewallDriver } from '../../src/drivers/iptables-driver.js';
+import { NftablesFirewallDriver } from '../../src/drivers/nftables-driver.js';
 import type { DriverOptions } from '../../src/drivers/options.js';
+import { nftNames } from '../../src/render/nftables.js';
 import type { Instance as NovaInstance, NetworkInfo, SecurityGroupRule } from '../../src/model/types.js';
 import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
 import { listen, ping, tcpConnect, udpExchange, type Listener } from './probe.js';
-import { Topology, type Instance as NsInstance, type TopologyOptions } from './topology.js';
+import { Topology, type ExecOptions, type Instance as NsInstance, type TopologyOptions } from './topology.js';
 
 export const SUBNET4 = '10.0.0.0/24';
 export const SUBNET6 = '2001:db8::/64';
@@ -25,6 +27,13 @@ export const DHCP_SERVER4 = '10.0.0.2';
 
 /** Time a negative probe waits. Every blocked probe costs this much. */
 export const PROBE_MS = 800;
+
+/**
+ * Time a probe expected to succeed may take (expectReach passes it): on a
+ * loaded machine a handshake can take longer than PROBE_MS, and a positive
+ * probe only waits this long when it is about to fail anyway.
+ */
+export const POSITIVE_PROBE_MS = 2500;
 
 /** Egress to anywhere, both families: what most test groups need besides their ingress rules. */
 export const EGRESS_ALL: SecurityGroupRule[] = [{ direction: 'egress' }, { direction: 'egress', ethertype: 'IPv6' }];
@@ -94,6 +103,24 @@ export function networkInfoFor(name: string, n: number, opts: VmOptions = {}): N
   ];
 }
 
+/**
+ * The kernel drivers the conformance suite runs against. Both enforce the
+ * same semantics, so every packet assertion holds for each; only assertions
+ * that read the kernel's state differ (iptables-save vs the inet table).
+ */
+export const DRIVERS = ['iptables', 'nftables'] as const;
+export type DriverKind = (typeof DRIVERS)[number];
+export type KernelDriver = IptablesFirewallDriver | NftablesFirewallDriver;
+
+/** The driver's per-object chain names (same signatures for both drivers). */
+export function chainNamesOf(driver: KernelDriver): {
+  instanceIngress(id: string): string;
+  instanceEgress(id: string): string;
+  group(id: string, direction: 'ingress' | 'egress'): string;
+} {
+  return driver instanceof NftablesFirewallDriver ? nftNames : driver.names;
+}
+
 export class Lab {
   readonly api = new InMemoryVirtAPI();
   readonly vms = new Map<string, Vm>();
@@ -140,13 +167,17 @@ export class Lab {
     return this.topo.addInstance({ name, devname, mac, ipv4, ipv6 });
   }
 
-  /** A driver working in the lab's host namespace; allowSameNetTraffic is off unless given. */
-  driver(options: DriverOptions = {}): IptablesFirewallDriver {
-    return new IptablesFirewallDriver(this.api, { netns: this.topo.hostNs, allowSameNetTraffic: false, ...options });
+  /** A driver of the given kind working in the lab's host namespace; allowSameNetTraffic is off unless given. */
+  driver(kind?: 'iptables', options?: DriverOptions): IptablesFirewallDriver;
+  driver(kind: 'nftables', options?: DriverOptions): NftablesFirewallDriver;
+  driver(kind: DriverKind, options?: DriverOptions): KernelDriver;
+  driver(kind: DriverKind = 'iptables', options: DriverOptions = {}): KernelDriver {
+    const opts: DriverOptions = { netns: this.topo.hostNs, allowSameNetTraffic: false, ...options };
+    return kind === 'nftables' ? new NftablesFirewallDriver(this.api, opts) : new IptablesFirewallDriver(this.api, opts);
   }
 
   /** The compute manager's spawn sequence for each VM: basic filtering, then its chains. */
-  async filter(driver: IptablesFirewallDriver, ...vms: Vm[]): Promise<void> {
+  async filter(driver: KernelDriver, ...vms: Vm[]): Promise<void> {
     for (const vm of vms) {
       await driver.setupBasicFiltering(vm.instance, vm.nwinfo);
       await driver.prepareInstanceFilter(vm.instance, vm.nwinfo);
@@ -159,8 +190,8 @@ export class Lab {
     for (const vm of vms) this.#listeners.push(await listen(vm, { tcp: TCP_PORTS, udp: UDP_PORTS }));
   }
 
-  hostExec(argv: string[]) {
-    return this.topo.hostExec(argv);
+  hostExec(argv: string[], opts?: ExecOptions) {
+    return this.topo.hostExec(argv, opts);
   }
 
   /** Runs a command in the host namespace and fails the test if it fails. */
@@ -178,28 +209,31 @@ export class Lab {
 
 // ------------------------------------------------------------------ probes
 
-export type Probe = () => Promise<boolean>;
+/** A probe; `expected: true` (from expectReach) lets it wait up to POSITIVE_PROBE_MS. */
+export type Probe = (opts?: { expected?: boolean }) => Promise<boolean>;
+
+const wait = (timeoutMs: number, opts?: { expected?: boolean }) => (opts?.expected ? Math.max(timeoutMs, POSITIVE_PROBE_MS) : timeoutMs);
 
 export const tcp =
   (from: NsInstance, ip: string, port: number, timeoutMs = PROBE_MS): Probe =>
-  () =>
-    tcpConnect(from, ip, port, { timeoutMs });
+  (opts) =>
+    tcpConnect(from, ip, port, { timeoutMs: wait(timeoutMs, opts) });
 
 /** TCP from a chosen source address of `from`. */
 export const tcpFrom =
   (from: NsInstance, sourceIp: string, ip: string, port: number, timeoutMs = PROBE_MS): Probe =>
-  () =>
-    tcpConnect(from, ip, port, { sourceIp, timeoutMs });
+  (opts) =>
+    tcpConnect(from, ip, port, { sourceIp, timeoutMs: wait(timeoutMs, opts) });
 
 export const udp =
   (from: NsInstance, ip: string, port: number, timeoutMs = PROBE_MS): Probe =>
-  () =>
-    udpExchange(from, ip, port, { timeoutMs });
+  (opts) =>
+    udpExchange(from, ip, port, { timeoutMs: wait(timeoutMs, opts) });
 
 export const icmp =
   (from: NsInstance, ip: string, timeoutMs = PROBE_MS): Probe =>
-  () =>
-    ping(from, ip, { timeoutMs });
+  (opts) =>
+    ping(from, ip, { timeoutMs: wait(timeoutMs, opts) });
 
 /**
  * Runs every probe at once and compares the whole table with the expected
@@ -207,7 +241,7 @@ export const icmp =
  */
 export async function expectReach(table: Record<string, readonly [Probe, boolean]>): Promise<void> {
   const entries = Object.entries(table);
-  const results = await Promise.all(entries.map(([, [probe]]) => probe()));
+  const results = await Promise.all(entries.map(([, [probe, expected]]) => probe({ expected })));
   const actual = Object.fromEntries(entries.map(([name], i) => [name, results[i]]));
   const expected = Object.fromEntries(entries.map(([name, [, outcome]]) => [name, outcome]));
   expect(actual).toEqual(expected);
@@ -245,8 +279,110 @@ export async function nftList(topo: Topology, ...what: string[]): Promise<string
   return r.code === 0 ? r.stdout : '';
 }
 
-/** Both iptables families and the bridge table, for "nothing changed" checks. */
-export async function kernelSnapshot(topo: Topology): Promise<{ v4: string; v6: string; bridge: string }> {
-  const [v4, v6, bridge] = await Promise.all([saveRules(topo, 4), saveRules(topo, 6), nftList(topo, 'table', 'bridge', 'virtfw')]);
-  return { v4, v6, bridge };
+/**
+ * An `nft list` text made comparable: counters zeroed, handles dropped, and
+ * the elements of every set and map sorted (the kernel lists a hash set's
+ * elements in hash order, which may change when the set grows or shrinks).
+ */
+export function normaliseNft(text: string): string {
+  const zeroed = text
+    .replace(/counter packets \d+ bytes \d+/g, 'counter packets 0 bytes 0')
+    .replace(/\s*# handle \d+/g, '');
+  return zeroed.replace(/elements = \{([^}]*)\}/g, (_m, body: string) => {
+    const items = body
+      .split(',')
+      .map((e) => e.trim())
+      .filter(Boolean)
+      .sort();
+    return `elements = { ${items.join(', ')} }`;
+  });
+}
+
+/** `nft list ...`, normalised (see normaliseNft); '' when the object does not exist. */
+export async function nftState(topo: Topology, ...what: string[]): Promise<string> {
+  return normaliseNft(await nftList(topo, ...what));
+}
+
+/** A ruleset listing without the given tables (e.g. `inet virtfw`): what belongs to others. */
+export function withoutTables(ruleset: string, tables: readonly string[]): string {
+  const out: string[] = [];
+  let skipping = false;
+  for (const line of ruleset.split('\n')) {
+    const header = /^table (\S+ \S+) \{$/.exec(line);
+    if (header) skipping = tables.includes(header[1] as string);
+    if (!skipping) out.push(line);
+    if (line === '}') skipping = false;
+  }
+  return out.join('\n');
+}
+
+/** The whole nftables ruleset of the host namespace (iptables-nft's tables included), normalised. */
+export function nftRuleset(topo: Topology): Promise<string> {
+  return nftState(topo, 'ruleset');
+}
+
+/**
+ * Everything a driver may own, for "nothing changed" checks: both iptables
+ * families (iptables-save), the bridge table and the nftables driver's inet
+ * table (normalised listings; '' when absent).
+ */
+export async function kernelSnapshot(topo: Topology): Promise<{ v4: string; v6: string; bridge: string; inet: string }> {
+  const [v4, v6, bridge, inet] = await Promise.all([
+    saveRules(topo, 4),
+    saveRules(topo, 6),
+    nftState(topo, 'table', 'bridge', 'virtfw'),
+    nftState(topo, 'table', 'inet', 'virtfw'),
+  ]);
+  return { v4, v6, bridge, inet };
+}
+
+/** Chains of a table (`nft list table`): name -> its rules as nft prints them, without comments (virtfw's identity tags). */
+export async function nftChains(topo: Topology, family: string, table: string): Promise<Map<string, string[]>> {
+  const text = await nftList(topo, 'table', family, table);
+  const chains = new Map<string, string[]>();
+  let current: string[] | null = null;
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    const open = /^chain (\S+) \{$/.exec(line);
+    if (open) {
+      current = [];
+      chains.set(open[1] as string, current);
+      continue;
+    }
+    if (line === '}') {
+      current = null;
+      continue;
+    }
+    if (current && line && !/^type \S+ hook /.test(line)) current.push(line.replace(/ comment "[^"]*"$/, ''));
+  }
+  return chains;
+}
+
+/** Elements of a set or map of a table (`nft -j`): keys as strings, with the verdict for maps. */
+export async function nftElements(topo: Topology, family: string, table: string, name: string): Promise<string[]> {
+  const r = await topo.hostExec(['nft', '-j', 'list', 'table', family, table]);
+  if (r.code !== 0) return [];
+  const listing = JSON.parse(r.stdout) as { nftables: Record<string, { name?: string; elem?: unknown[] }>[] };
+  for (const item of listing.nftables) {
+    const obj = item.set ?? item.map;
+    if (obj?.name === name) return (obj.elem ?? []).map((e) => elementString(e)).sort();
+  }
+  return [];
+}
+
+function elementString(elem: unknown): string {
+  if (typeof elem === 'string' || typeof elem === 'number') return String(elem);
+  if (Array.isArray(elem)) return elem.map(elementString).join(' : ');
+  if (elem && typeof elem === 'object') {
+    const o = elem as Record<string, unknown>;
+    if (Array.isArray(o.concat)) return o.concat.map(elementString).join(' . ');
+    if ('jump' in o) return `jump ${String((o.jump as { target: string }).target)}`;
+    if ('goto' in o) return `goto ${String((o.goto as { target: string }).target)}`;
+    if ('elem' in o) return elementString((o.elem as { val: unknown }).val);
+    if ('prefix' in o) {
+      const p = o.prefix as { addr: string; len: number };
+      return `${p.addr}/${p.len}`;
+    }
+  }
+  return JSON.stringify(elem);
 }
