@@ -283,6 +283,9 @@ export class HostAgent {
       }
       for (const row of rows) await this.#prepare(row);
       await this.#driver.refreshProviderFwRules();
+      // Members the driver already knew may have changed while the feed was missed.
+      const driver = this.#driver as FirewallDriver & { refreshAllSecurityGroupMembers?: () => Promise<void> };
+      await driver.refreshAllSecurityGroupMembers?.();
     } finally {
       await this.#driver.filterDeferApplyOff();
     }

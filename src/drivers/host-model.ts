@@ -157,9 +157,14 @@ export class HostModel {
   commitRules(groupId: string, rules: NormalizedRule[]): void {
     const before = this.groups.get(groupId);
     if (before && sameRules(before, rules)) return;
-    if (before) this.#unindexRemotes(groupId, before);
     this.groups.set(groupId, rules);
+    // Name the new remotes before forgetting the old, so a group named both
+    // before and after keeps its members.
     this.#indexRemotes(groupId, rules);
+    if (before) {
+      const still = new Set(this.remotesOf(rules));
+      this.#unindexRemotes(groupId, before.filter((r) => r.remote.kind !== 'group' || !still.has(r.remote.groupId)));
+    }
     this.dirtyGroups.add(groupId);
     // Instances jump only to group chains that have rules; that set may have changed.
     if (!before || jumpSignature(before) !== jumpSignature(rules)) {

@@ -238,12 +238,27 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
       this.#batchCache?.rules.set(groupId, rules);
       fetched.rules.set(groupId, rules);
     }
+    // Members the model already holds are current: a change of them comes
+    // through refreshSecurityGroupMembers. Only groups newly named are read,
+    // so a rule change costs the size of the rules, not of the groups.
     for (const rules of fetched.rules.values()) {
       for (const groupId of this.model.remotesOf(rules)) {
-        if (!fetched.members.has(groupId)) fetched.members.set(groupId, await this.#fetchMembers(groupId, fresh));
+        if (fetched.members.has(groupId) || this.model.hasMembers(groupId)) continue;
+        fetched.members.set(groupId, await this.#fetchMembers(groupId, fresh));
       }
     }
     return fetched;
+  }
+
+  /** Re-reads the members of every group the host's rules name (a full resync after a gap in the change feed). */
+  async refreshAllSecurityGroupMembers(): Promise<void> {
+    const groups = [...this.model.members.keys()];
+    const fetched = new Map<string, MemberAddresses>();
+    for (const groupId of groups) fetched.set(groupId, await this.#fetchMembers(groupId, true));
+    this.#commit({ rules: new Map(), members: fetched });
+    const affected = new Set<string>();
+    for (const groupId of groups) for (const g of this.model.groupsNaming(groupId)) for (const id of this.model.usersOf(g)) affected.add(id);
+    await this.apply(affected);
   }
 
   async #readRules(groupId: string): Promise<NormalizedRule[]> {

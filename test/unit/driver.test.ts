@@ -2,7 +2,7 @@
  * IptablesFirewallDriver over the fake kernel: what each seed method changes,
  * and that it changes only that. Packet behaviour is proven in test/kernel.
  */
-import { beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { ApplyError, NotFilteredError, ValidationError } from '../../src/errors.js';
 import { IptablesFirewallDriver } from '../../src/drivers/iptables-driver.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
@@ -88,10 +88,15 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
 
   it('a rule refresh rewrites only that group chain when the group keeps its kinds of rules', async () => {
     api.addRule('web', { protocol: 'tcp', portRangeMin: 443 });
+    const ipsetBefore = kernel.ipsetScripts.length;
+    const membersRead = vi.spyOn(api, 'getSecurityGroupMembers');
     const before = kernel.restoreInputs.length;
     await driver.refreshSecurityGroupRules('web');
     const declared = [...kernel.restoreInputs.slice(before).join('\n').matchAll(/^:(\S+)/gm)].map((m) => m[1]);
     expect(declared).toEqual([driver.names.group('web', 'ingress')]);
+    // The members of the group its rules name are kept, not read again nor rewritten.
+    expect(membersRead).not.toHaveBeenCalled();
+    expect(kernel.ipsetScripts.length).toBe(ipsetBefore);
   });
 
   it('a group gaining its first IPv6 rule adds the jump to it in its instances', async () => {
