@@ -45,6 +45,9 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   /** instances whose rules changed during the deferred batch, for their status */
   readonly #deferredIds = new Set<string>();
   readonly #appliedAt = new Map<string, Date>();
+  #cleanups: Promise<void> = Promise.resolve();
+  /** instances unfiltered in a deferred batch: their connections go once the batch is applied */
+  #cleanupsAfterBatch: InstanceView[] = [];
   readonly #pendingError = new Map<string, string>();
 
   constructor(virtapi: VirtAPI, options: DriverOptions = {}) {
@@ -132,7 +135,21 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     await this.apply([id]);
     this.#appliedAt.delete(id);
     this.#pendingError.delete(id);
-    if (view && this.options.conntrackCleanup) await this.#forgetConnections(view);
+    // Once the rules are gone, its connections are forgotten (so a reused
+    // address starts clean), in the background: it need not hold up the caller.
+    if (view && this.options.conntrackCleanup) {
+      if (this.#deferred) this.#cleanupsAfterBatch.push(view);
+      else this.#scheduleCleanup([view]);
+    }
+  }
+
+  #scheduleCleanup(views: readonly InstanceView[]): void {
+    for (const view of views) this.#cleanups = this.#cleanups.then(() => this.#forgetConnections(view));
+  }
+
+  /** Resolves once the conntrack cleanup of unfiltered instances has run. */
+  connectionCleanupDone(): Promise<void> {
+    return this.#cleanups;
   }
 
   override async instanceFilterExists(instance: Instance, _networkInfo: NetworkInfo): Promise<boolean> {
@@ -191,7 +208,9 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     this.#batchCache = null;
     const ids = [...this.#deferredIds, ...this.model.dirtyInstances];
     this.#deferredIds.clear();
+    const cleanups = this.#cleanupsAfterBatch.splice(0);
     await this.apply(ids);
+    this.#scheduleCleanup(cleanups);
   }
 
   protected get deferred(): boolean {
@@ -346,17 +365,24 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     }
   }
 
+  /** Deletes the conntrack entries of an instance's addresses, a few commands at a time; never throws. */
   async #forgetConnections(view: InstanceView): Promise<void> {
+    const commands: string[][] = [];
     for (const v of this.versions) {
       for (const address of instanceAddresses(view.instance, v)) {
-        for (const side of ['-s', '-d']) {
-          const result = await this.runner.run(['conntrack', '-D', '-f', v === 4 ? 'ipv4' : 'ipv6', side, address]);
-          // conntrack exits 1 when nothing matched; anything else is worth a warning.
-          if (result.code !== 0 && result.code !== 1) {
-            this.log.warn({ address, stderr: result.stderr.trim() }, 'conntrack cleanup failed');
-          }
-        }
+        for (const side of ['-s', '-d']) commands.push(['conntrack', '-D', '-f', v === 4 ? 'ipv4' : 'ipv6', side, address]);
       }
     }
+    await Promise.all(
+      commands.map(async (argv) => {
+        try {
+          const result = await this.runner.run(argv);
+          // conntrack exits 1 when nothing matched; anything else is worth a warning.
+          if (result.code !== 0 && result.code !== 1) this.log.warn({ argv, stderr: result.stderr.trim() }, 'conntrack cleanup failed');
+        } catch (err) {
+          this.log.warn({ argv, err: (err as Error).message }, 'conntrack cleanup failed');
+        }
+      }),
+    );
   }
 }

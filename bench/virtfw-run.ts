@@ -1,0 +1,459 @@
+/**
+ * The virtfw side of `npm run bench:compare`: one measured run of the
+ * iptables driver on the shared Neutron workload, in a network namespace the
+ * caller made (and deletes). Run as its own process so that its peak RSS is
+ * its own; prints exactly one JSON line on stdout (progress goes to stderr).
+ *
+ *   tsx bench/virtfw-run.ts --workload w.json --member-match ipset|expand --ns NAME
+ *   tsx bench/virtfw-run.ts --workload w.json --member-match ipset|expand --ns NAME --tools-only
+ *
+ * Phases mirror /work/shared/bench/neutron/harness.py (see bench/README.md):
+ *   prepare_all   filterDeferApplyOn(); setupBasicFiltering + prepareInstanceFilter
+ *                 per port; await filterDeferApplyOff()
+ *   member_add    per workload event: the member is put in the VirtAPI (untimed),
+ *                 then refreshSecurityGroupMembers(group) is timed; median
+ *   rule_add      per event: the rule is added (untimed), refreshSecurityGroupRules
+ *                 (group) is timed; median
+ *   remove_all    filterDeferApplyOn(); unfilterInstance per port; filterDeferApplyOff()
+ *
+ * --tools-only: render the same prepared host with a FakeKernel runner
+ * (`renderRuleset()`, plus the FakeKernel's `ipset restore` input when the
+ * ruleset has no ipset key) and time only the real tools loading it into the
+ * (fresh, empty) namespace.
+ */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { IptablesFirewallDriver } from '../src/drivers/iptables-driver.js';
+import { NetnsRunner, ProcessRunner, type CommandResult, type CommandRunner, type RunOptions } from '../src/kernel/exec.js';
+import { FakeKernel } from '../src/kernel/fake-kernel.js';
+import type { SecurityGroup, SecurityGroupRule, ProviderRule } from '../src/model/types.js';
+import type { MemberMatch } from '../src/render/iptables-rules.js';
+import type { InstanceRecord, VirtAPI } from '../src/virtapi/virtapi.js';
+import { buildHost, readWorkload } from './neutron-workload.js';
+
+// ---------------------------------------------------------------- arguments
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i === -1 ? undefined : process.argv[i + 1];
+}
+
+const workloadPath = arg('workload');
+const ns = arg('ns');
+const memberMatchArg = arg('member-match') ?? 'expand';
+const toolsOnly = process.argv.includes('--tools-only');
+const PREFIX = 'virtfw';
+
+if (!workloadPath || !ns) {
+  console.error('usage: tsx bench/virtfw-run.ts --workload FILE --member-match ipset|expand --ns NAME [--tools-only]');
+  process.exit(2);
+}
+if (memberMatchArg !== 'ipset' && memberMatchArg !== 'expand') {
+  console.error(`--member-match: ${memberMatchArg} is not ipset or expand`);
+  process.exit(2);
+}
+const memberMatch: MemberMatch = memberMatchArg;
+const netns: string = ns;
+
+const log = (msg: string) => process.stderr.write(`[virtfw ${memberMatch}${toolsOnly ? ' tools-only' : ''}] ${msg}\n`);
+const round = (x: number, digits = 6) => Number(x.toFixed(digits));
+
+// ------------------------------------------------------- accounting helpers
+
+interface ToolStat {
+  calls: number;
+  /** sum of the calls' durations (calls may overlap: the driver runs some tools side by side) */
+  s: number;
+  /** time at least one call of this tool was running */
+  busy_s: number;
+  input_lines: number;
+}
+
+type Interval = [number, number];
+
+/** Total length of the union of intervals (ms). */
+function unionMs(intervals: readonly Interval[]): number {
+  const sorted = [...intervals].sort((a, b) => a[0] - b[0]);
+  let total = 0;
+  let cur: Interval | null = null;
+  for (const [a, b] of sorted) {
+    if (!cur || a > cur[1]) {
+      if (cur) total += cur[1] - cur[0];
+      cur = [a, b];
+    } else if (b > cur[1]) cur[1] = b;
+  }
+  if (cur) total += cur[1] - cur[0];
+  return total;
+}
+
+/** The tool a command runs, without the namespace wrapper (`ip netns exec NS`, `nsenter --net=... --`). */
+function toolArgv(argv: readonly string[]): readonly string[] {
+  if (argv[0] === 'ip' && argv[1] === 'netns' && argv[2] === 'exec') return argv.slice(4);
+  if (argv[0] === 'nsenter') {
+    const dashes = argv.indexOf('--');
+    if (dashes !== -1) return argv.slice(dashes + 1);
+    let i = 1;
+    while (i < argv.length && (argv[i] ?? '').startsWith('-')) i++;
+    return argv.slice(i);
+  }
+  return argv;
+}
+
+interface Call {
+  key: string;
+  interval: Interval;
+  inputLines: number;
+}
+
+/**
+ * Wraps the real ProcessRunner (the driver's NetnsRunner adds the namespace
+ * wrapper in front) and records every call per phase, as harness.py's
+ * ExecRecorder does: tool, start and end, input lines.
+ */
+class TimingRunner implements CommandRunner {
+  phase = 'setup';
+  readonly calls = new Map<string, Call[]>();
+  constructor(private readonly inner: CommandRunner) {}
+
+  async run(argv: readonly string[], options?: RunOptions): Promise<CommandResult> {
+    const phase = this.phase;
+    const t0 = performance.now();
+    try {
+      return await this.inner.run(argv, options);
+    } finally {
+      const cmd = toolArgv(argv);
+      const key = cmd[0] === 'ipset' && cmd[1] ? `ipset ${cmd[1]}` : (cmd[0] ?? '?');
+      const list = this.calls.get(phase) ?? [];
+      list.push({ key, interval: [t0, performance.now()], inputLines: options?.input ? options.input.split('\n').filter((l) => l !== '').length : 0 });
+      this.calls.set(phase, list);
+    }
+  }
+
+  take(phase: string): Call[] {
+    const list = this.calls.get(phase) ?? [];
+    this.calls.delete(phase);
+    return list;
+  }
+}
+
+/** Times the VirtAPI reads (Neutron's harness excludes its fake-RPC time; we report ours). */
+class TimedVirtAPI implements VirtAPI {
+  seconds = 0;
+  constructor(private readonly inner: VirtAPI) {}
+  async #time<T>(fn: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    try {
+      return await fn();
+    } finally {
+      this.seconds += (performance.now() - t0) / 1000;
+    }
+  }
+  getInstanceSecurityGroups(id: string): Promise<SecurityGroup[]> {
+    return this.#time(() => this.inner.getInstanceSecurityGroups(id));
+  }
+  getSecurityGroupRules(id: string): Promise<SecurityGroupRule[]> {
+    return this.#time(() => this.inner.getSecurityGroupRules(id));
+  }
+  getSecurityGroupMembers(id: string): Promise<InstanceRecord[]> {
+    return this.#time(() => this.inner.getSecurityGroupMembers(id));
+  }
+  getProviderRules(): Promise<ProviderRule[]> {
+    return this.#time(() => this.inner.getProviderRules());
+  }
+}
+
+interface PhaseResult {
+  wall_s: number;
+  virtapi_s: number;
+  /** time at least one tool was running */
+  subprocess_s: number;
+  /** wall - subprocess_s: time no tool was running (JavaScript: model, rendering, diffing; spawning) */
+  js_s: number;
+  /** time at least one of iptables-restore, ip6tables-restore, nft -f, ipset restore was running */
+  restore_subprocess_s: number;
+  restore_input_lines: number;
+  subprocess: Record<string, ToolStat>;
+  input_lines_last_apply?: number;
+}
+
+const isRestore = (key: string) => key.endsWith('-restore') || key === 'nft' || key === 'ipset restore';
+
+function summarize(wall: number, virtapi: number, calls: readonly Call[]): PhaseResult {
+  const byKey = new Map<string, Call[]>();
+  for (const c of calls) {
+    const list = byKey.get(c.key);
+    if (list) list.push(c);
+    else byKey.set(c.key, [c]);
+  }
+  const subprocess: Record<string, ToolStat> = {};
+  for (const [key, list] of [...byKey].sort((a, b) => a[0].localeCompare(b[0]))) {
+    subprocess[key] = {
+      calls: list.length,
+      s: round(list.reduce((n, c) => n + (c.interval[1] - c.interval[0]), 0) / 1000),
+      busy_s: round(unionMs(list.map((c) => c.interval)) / 1000),
+      input_lines: list.reduce((n, c) => n + c.inputLines, 0),
+    };
+  }
+  const busy = unionMs(calls.map((c) => c.interval)) / 1000;
+  const restore = calls.filter((c) => isRestore(c.key));
+  return {
+    wall_s: round(wall),
+    virtapi_s: round(virtapi),
+    subprocess_s: round(busy),
+    js_s: round(wall - busy),
+    restore_subprocess_s: round(unionMs(restore.map((c) => c.interval)) / 1000),
+    restore_input_lines: restore.reduce((n, c) => n + c.inputLines, 0),
+    subprocess,
+  };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  if (n === 0) return NaN;
+  return n % 2 ? (s[(n - 1) / 2] ?? NaN) : ((s[n / 2 - 1] ?? 0) + (s[n / 2] ?? 0)) / 2;
+}
+
+// ------------------------------------------------------------ kernel counts
+
+/** Runs a small shell pipeline in the namespace; only its (tiny) output enters this process. */
+function nsCount(pipeline: string): number {
+  const r = spawnSync('ip', ['netns', 'exec', netns, 'sh', '-c', pipeline], { encoding: 'utf8' });
+  const n = Number.parseInt(r.stdout.trim(), 10);
+  return Number.isFinite(n) ? n : 0;
+}
+
+export interface KernelCounts {
+  rules_v4: number;
+  rules_v6: number;
+  /** rules inside the chains of `table bridge virtfw` (not `type ...` declarations) */
+  bridge_rules: number;
+  /** elements of the named sets and maps of `table bridge virtfw` */
+  bridge_set_elements: number;
+  ipset_sets: number;
+  ipset_members: number;
+}
+
+const NFT_RULES_AWK = String.raw`/^\tchain / { c = 1; next } /^\t}/ { c = 0; next } c && /^\t\t[^\t]/ && !/^\t\ttype / { n++ } END { print n + 0 }`;
+/** Counts set and map elements in `nft -j` output (Debian's python3; only the number enters this process). */
+const NFT_ELEMENTS_PY = [
+  'import json, sys',
+  'try:',
+  '    objs = json.load(sys.stdin)["nftables"]',
+  'except Exception:',
+  '    objs = []',
+  'print(sum(len(o[k].get("elem", [])) for o in objs for k in ("set", "map") if k in o))',
+].join('\n');
+
+function kernelCounts(): KernelCounts {
+  return {
+    rules_v4: nsCount(`iptables-save | grep -c '^-A '`),
+    rules_v6: nsCount(`ip6tables-save | grep -c '^-A '`),
+    bridge_rules: nsCount(`nft list table bridge ${PREFIX} 2>/dev/null | awk '${NFT_RULES_AWK}'`),
+    bridge_set_elements: nsCount(`nft -j list table bridge ${PREFIX} 2>/dev/null | /usr/bin/python3 -c '${NFT_ELEMENTS_PY}'`),
+    ipset_sets: nsCount(`ipset save 2>/dev/null | grep -c '^create '`),
+    ipset_members: nsCount(`ipset save 2>/dev/null | grep -c '^add '`),
+  };
+}
+
+function peakRssKb(): { maxrss_kb: number; vmhwm_kb: number | null } {
+  const status = readFileSync('/proc/self/status', 'utf8');
+  const m = /^VmHWM:\s+(\d+) kB/m.exec(status);
+  return { maxrss_kb: process.resourceUsage().maxRSS, vmhwm_kb: m?.[1] ? Number(m[1]) : null };
+}
+
+function errorText(err: unknown): string {
+  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  return text.length > 1500 ? `${text.slice(0, 1500)}...` : text;
+}
+
+// ---------------------------------------------------------------- full run
+
+async function measuredRun(): Promise<Record<string, unknown>> {
+  const workload = readWorkload(workloadPath as string);
+  const host = buildHost(workload);
+  const api = new TimedVirtAPI(host.api);
+  const runner = new TimingRunner(new ProcessRunner());
+  const driver = new IptablesFirewallDriver(api, { netns, memberMatch, allowSameNetTraffic: false, runner });
+  const P = host.ports.length;
+  const phases: Record<string, unknown> = {};
+  const counts: Record<string, KernelCounts> = {};
+  const checks: Record<string, unknown> = {};
+  const result: Record<string, unknown> = {
+    side: 'virtfw',
+    member_match: memberMatch,
+    ports: P,
+    netns,
+    workload: host.summary,
+    options: { netns, memberMatch, allowSameNetTraffic: false, others: 'defaults' },
+    phases,
+    counts,
+    checks,
+  };
+
+  const timed = async (phase: string, fn: () => Promise<void>): Promise<PhaseResult> => {
+    runner.phase = phase;
+    api.seconds = 0;
+    const t0 = performance.now();
+    await fn();
+    const wall = (performance.now() - t0) / 1000;
+    runner.phase = 'idle';
+    const virtapi = api.seconds;
+    return summarize(wall, virtapi, runner.take(phase));
+  };
+
+  let failedPhase = 'prepare_all';
+  try {
+    log(`prepare_all: ${P} ports`);
+    phases.prepare_all = await timed('prepare_all', async () => {
+      driver.filterDeferApplyOn();
+      for (const { instance, networkInfo } of host.ports) {
+        await driver.setupBasicFiltering(instance, networkInfo);
+        await driver.prepareInstanceFilter(instance, networkInfo);
+      }
+      await driver.filterDeferApplyOff();
+    });
+    const peakAfter: Record<string, number> = {};
+    result.peak_rss_kb_after_phase = peakAfter;
+    peakAfter.prepare_all = peakRssKb().maxrss_kb;
+    counts.after_prepare = kernelCounts();
+    checks.filtered_instances = driver.status().filter((s) => s.filtered).length;
+    checks.driver_rule_counts = driver.ruleCounts();
+
+    failedPhase = 'member_add';
+    const memberSamples: PhaseResult[] = [];
+    for (const event of host.memberAdds) {
+      event.apply();
+      const s = await timed('member_add', () => driver.refreshSecurityGroupMembers(event.groupId));
+      s.input_lines_last_apply = driver.lastApplyStats?.inputLines ?? 0;
+      memberSamples.push(s);
+    }
+    phases.member_add = { median_wall_s: round(median(memberSamples.map((s) => s.wall_s))), samples: memberSamples };
+    log(`member_add: ${JSON.stringify(memberSamples.map((s) => s.wall_s))}`);
+    peakAfter.member_add = peakRssKb().maxrss_kb;
+
+    failedPhase = 'rule_add';
+    const ruleSamples: PhaseResult[] = [];
+    for (const event of host.ruleAdds) {
+      event.apply();
+      const s = await timed('rule_add', () => driver.refreshSecurityGroupRules(event.groupId));
+      s.input_lines_last_apply = driver.lastApplyStats?.inputLines ?? 0;
+      ruleSamples.push(s);
+    }
+    phases.rule_add = { median_wall_s: round(median(ruleSamples.map((s) => s.wall_s))), samples: ruleSamples };
+    log(`rule_add: ${JSON.stringify(ruleSamples.map((s) => s.wall_s))}`);
+    peakAfter.rule_add = peakRssKb().maxrss_kb;
+    counts.after_changes = kernelCounts();
+
+    failedPhase = 'remove_all';
+    const removeAll = await timed('remove_all', async () => {
+      driver.filterDeferApplyOn();
+      for (const { instance, networkInfo } of host.ports) await driver.unfilterInstance(instance, networkInfo);
+      await driver.filterDeferApplyOff();
+    });
+    // The driver forgets the removed instances' connections in the background,
+    // after their rules are gone; timed on its own, as Neutron's harness does.
+    const cleanup = await timed('conntrack_cleanup', () => driver.connectionCleanupDone());
+    const conntrack = cleanup.subprocess.conntrack ?? { calls: 0, s: 0, busy_s: 0, input_lines: 0 };
+    phases.remove_all = {
+      ...removeAll,
+      conntrack_s: cleanup.wall_s,
+      conntrack_calls: conntrack.calls,
+      excl_conntrack_s: removeAll.wall_s,
+    };
+    log(`remove_all: ${removeAll.wall_s}s (conntrack ${conntrack.s}s, ${conntrack.calls} calls)`);
+    peakAfter.remove_all = peakRssKb().maxrss_kb;
+    counts.after_remove = kernelCounts();
+  } catch (err) {
+    result.failed = `${failedPhase}: ${errorText(err)}`;
+    log(`FAILED in ${failedPhase}: ${errorText(err)}`);
+    if (!counts.after_prepare) counts.after_failure = kernelCounts();
+  }
+  const rss = peakRssKb();
+  result.peak_rss_kb = rss.maxrss_kb;
+  result.vmhwm_kb = rss.vmhwm_kb;
+  return result;
+}
+
+// ---------------------------------------------------------------- tools only
+
+/** The real tool that loads each kind of rendered input, with the driver's own arguments. */
+function toolFor(key: string): string[] | null {
+  if (key === 'ipv4') return ['iptables-restore', '--wait=10', '--noflush'];
+  if (key === 'ipv6') return ['ip6tables-restore', '--wait=10', '--noflush'];
+  if (key === 'bridge' || key === 'nft') return ['nft', '-f', '-'];
+  if (/ipset|sets?$/i.test(key)) return ['ipset', 'restore'];
+  return null;
+}
+
+/** Sets must exist before rules name them; the bridge table goes first, as in the driver's apply. */
+const ORDER = (key: string) => (/ipset|sets?$/i.test(key) ? 0 : key === 'bridge' || key === 'nft' ? 1 : key === 'ipv4' ? 2 : 3);
+
+async function toolsOnlyRun(): Promise<Record<string, unknown>> {
+  const workload = readWorkload(workloadPath as string);
+  const host = buildHost(workload);
+  const fake = new FakeKernel();
+  const driver = new IptablesFirewallDriver(host.api, { memberMatch, allowSameNetTraffic: false, runner: fake });
+  const result: Record<string, unknown> = { side: 'virtfw-tools-only', member_match: memberMatch, ports: host.ports.length, netns };
+  try {
+    driver.filterDeferApplyOn();
+    for (const { instance, networkInfo } of host.ports) {
+      await driver.setupBasicFiltering(instance, networkInfo);
+      await driver.prepareInstanceFilter(instance, networkInfo);
+    }
+    await driver.filterDeferApplyOff();
+  } catch (err) {
+    result.failed = `render with FakeKernel: ${errorText(err)}`;
+    return result;
+  }
+  const inputs = new Map<string, string>();
+  for (const [key, value] of Object.entries(driver.renderRuleset() as Record<string, unknown>)) {
+    if (typeof value === 'string' && value.trim() !== '') inputs.set(key, value);
+  }
+  const notes: string[] = [];
+  if (memberMatch === 'ipset' && ![...inputs.keys()].some((k) => ORDER(k) === 0)) {
+    const scripts = fake.ipsetScripts.filter((s) => s.trim() !== '');
+    if (scripts.length) {
+      inputs.set('ipset (FakeKernel ipsetScripts)', scripts.join('\n'));
+      notes.push(`renderRuleset() has no ipset key; used ${scripts.length} ipset restore input(s) the driver gave the FakeKernel`);
+    } else {
+      notes.push('renderRuleset() has no ipset key and the driver ran no `ipset restore`: no ipset input to load');
+    }
+  }
+  const real = new NetnsRunner(netns, new ProcessRunner());
+  const tools: Record<string, { argv: string[]; s: number; input_lines: number; rc: number | null; stderr?: string }> = {};
+  let total = 0;
+  let failed: string | null = null;
+  for (const [key, text] of [...inputs].sort((a, b) => ORDER(a[0]) - ORDER(b[0]))) {
+    const argv = toolFor(key);
+    if (!argv) {
+      notes.push(`renderRuleset() key ${key} has no known tool; not loaded`);
+      continue;
+    }
+    const t0 = performance.now();
+    const r = await real.run(argv, { input: text, timeoutMs: 600_000 });
+    const s = (performance.now() - t0) / 1000;
+    total += s;
+    tools[key] = { argv, s: round(s), input_lines: text.split('\n').filter((l) => l !== '').length, rc: r.code };
+    if (r.code !== 0) {
+      tools[key].stderr = r.stderr.trim().slice(0, 800);
+      failed ??= `${argv[0]} exited ${r.code}: ${r.stderr.trim().split('\n').slice(0, 3).join(' | ').slice(0, 400)}`;
+    }
+  }
+  result.tools = tools;
+  result.tools_only_s = round(total);
+  result.counts = kernelCounts();
+  if (notes.length) result.notes = notes;
+  if (failed) result.failed = failed;
+  log(`tools_only: ${round(total, 3)}s ${failed ? `FAILED ${failed}` : ''}`);
+  return result;
+}
+
+// ---------------------------------------------------------------------- main
+
+if (!spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout.split('\n').some((l) => l.split(' ')[0] === netns)) {
+  console.error(`network namespace ${netns} does not exist (the caller creates and deletes it)`);
+  process.exit(2);
+}
+const out = toolsOnly ? await toolsOnlyRun() : await measuredRun();
+process.stdout.write(`${JSON.stringify(out)}\n`);
