@@ -25,6 +25,7 @@ import {
 import type { Names } from '../render/names.js';
 import type { CommandRunner } from './exec.js';
 import { toolReason } from './iptables-manager.js';
+import { Mutex } from '../util/mutex.js';
 
 export interface BridgeFilterOptions {
   names: Names;
@@ -49,7 +50,8 @@ export class BridgeFilter {
   /** devname -> VIF as last written; null = unknown */
   #written: Map<string, BridgeVif> | null = null;
   #tableExists = false;
-  #queue: Promise<unknown> = Promise.resolve();
+  /** applies run one at a time; a failed one does not block the next */
+  readonly #serial = new Mutex();
   lastInput = '';
 
   constructor(options: BridgeFilterOptions) {
@@ -111,18 +113,18 @@ export class BridgeFilter {
 
   /** Writes new and changed VIFs; VIFs being removed stay in force. */
   applyAdditions(): Promise<number> {
-    return this.#serialise(() => this.#write(false));
+    return this.#serial.run(() => this.#write(false));
   }
 
   /** Writes everything, removals included. */
   apply(): Promise<number> {
-    return this.#serialise(() => this.#write(true));
+    return this.#serial.run(() => this.#write(true));
   }
 
   teardown(): Promise<void> {
     this.#desired.clear();
     this.#retiring.clear();
-    return this.#serialise(async () => {
+    return this.#serial.run(async () => {
       await this.#run(renderBridgeTableDelete(this.#names));
       this.#written = new Map();
       this.#tableExists = false;
@@ -245,11 +247,6 @@ export class BridgeFilter {
     return renderBridgeElementUpdate(this.#names, added, removed, marks);
   }
 
-  #serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.#queue.then(work, work);
-    this.#queue = run.catch(() => undefined);
-    return run;
-  }
 
   async #run(script: string): Promise<void> {
     this.lastInput = script;

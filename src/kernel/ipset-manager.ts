@@ -20,6 +20,7 @@ import type { IpVersion } from '../model/types.js';
 import type { Names } from '../render/names.js';
 import type { CommandRunner } from './exec.js';
 import { toolReason } from './iptables-manager.js';
+import { Mutex } from '../util/mutex.js';
 
 export interface IpsetManagerOptions {
   names: Names;
@@ -45,7 +46,8 @@ export class IpsetManager {
   /** set -> members as last written; null = unknown */
   #written: Map<string, ReadonlySet<string>> | null = null;
   readonly #dirty = new Set<string>();
-  #queue: Promise<unknown> = Promise.resolve();
+  /** applies run one at a time; a failed one does not block the next */
+  readonly #serial = new Mutex();
   lastInput = '';
 
   constructor(options: IpsetManagerOptions) {
@@ -91,12 +93,12 @@ export class IpsetManager {
 
   /** Creates new sets and writes member changes; unwanted sets stay until `apply()`. */
   applyAdditions(): Promise<number> {
-    return this.#serialise(() => this.#write(false));
+    return this.#serial.run(() => this.#write(false));
   }
 
   /** Writes everything, destroying sets no longer wanted. */
   apply(): Promise<number> {
-    return this.#serialise(() => this.#write(true));
+    return this.#serial.run(() => this.#write(true));
   }
 
   /** Destroys every set of ours (after the rules using them are gone). */
@@ -104,7 +106,7 @@ export class IpsetManager {
     for (const name of this.#desired.keys()) this.#dirty.add(name);
     this.#desired.clear();
     this.#written = null;
-    return this.#serialise(async () => {
+    return this.#serial.run(async () => {
       await this.#write(true);
     });
   }
@@ -196,9 +198,4 @@ export class IpsetManager {
     return lines.length ? 1 : 0;
   }
 
-  #serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.#queue.then(work, work);
-    this.#queue = run.catch(() => undefined);
-    return run;
-  }
 }

@@ -33,6 +33,7 @@ import type { Names } from '../render/names.js';
 import { RestoreBuilder, ruleHashes } from '../render/restore.js';
 import type { CommandRunner } from './exec.js';
 import { parseIptablesSave } from './iptables-save.js';
+import { Mutex } from '../util/mutex.js';
 
 export interface FamilyCommands {
   save: string;
@@ -101,7 +102,8 @@ export class IptablesManager {
   readonly #families: Record<IpVersion, FamilyState>;
   #deferred = false;
   #hooksWanted = true;
-  #queue: Promise<unknown> = Promise.resolve();
+  /** applies run one at a time; a failed one does not block the next */
+  readonly #serial = new Mutex();
   /** The input of the last restore per family, kept for error reports and debugging. */
   readonly lastInput: Partial<Record<IpVersion, string>> = {};
 
@@ -222,7 +224,7 @@ export class IptablesManager {
   /** Writes every pending change, one restore per family. A no-op while deferred. */
   apply(): Promise<ApplyStats> {
     if (this.#deferred) return Promise.resolve(emptyStats());
-    return this.#serialise(() => this.#applyAll());
+    return this.#serial.run(() => this.#applyAll());
   }
 
   /** Removes every chain and hook rule of ours from the kernel (both families). */
@@ -234,7 +236,7 @@ export class IptablesManager {
       fam.written = null;
     }
     this.#hooksWanted = false;
-    return this.#serialise(async () => {
+    return this.#serial.run(async () => {
       try {
         return await this.#applyAll();
       } finally {
@@ -245,11 +247,6 @@ export class IptablesManager {
 
   // ------------------------------------------------------------------ apply
 
-  #serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.#queue.then(work, work);
-    this.#queue = run.catch(() => undefined);
-    return run;
-  }
 
   async #applyAll(): Promise<ApplyStats> {
     const stats = emptyStats();

@@ -16,6 +16,7 @@ import { silentLogger, type Logger } from '../logger.js';
 import { chainHash } from '../render/restore.js';
 import type { CommandRunner } from './exec.js';
 import { toolReason } from './iptables-manager.js';
+import { Mutex } from '../util/mutex.js';
 
 export interface NftManagerOptions {
   /** the inet table's name */
@@ -73,7 +74,8 @@ export class NftManager {
   readonly #dirtyChains = new Set<string>();
   readonly #dirtySets = new Set<string>();
   readonly #dirtyMaps = new Set<string>();
-  #queue: Promise<unknown> = Promise.resolve();
+  /** applies run one at a time; a failed one does not block the next */
+  readonly #serial = new Mutex();
   lastInput = '';
 
   constructor(options: NftManagerOptions) {
@@ -161,7 +163,7 @@ export class NftManager {
 
   /** One transaction: this table's changes with `extra` (the bridge table's). */
   apply(extra?: () => ExtraPlan): Promise<NftApplyStats> {
-    return this.#serialise(() => this.#apply(extra));
+    return this.#serial.run(() => this.#apply(extra));
   }
 
   /** Removes the table (and runs `extra`, e.g. the bridge table's removal) in one transaction. */
@@ -169,17 +171,12 @@ export class NftManager {
     this.#chains.clear();
     this.#sets.clear();
     for (const m of this.#maps.values()) m.clear();
-    return this.#serialise(async () => {
+    return this.#serial.run(async () => {
       await this.#run(`add table inet ${this.table}\ndelete table inet ${this.table}\n${extraScript}`);
       this.#written = null;
     });
   }
 
-  #serialise<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.#queue.then(work, work);
-    this.#queue = run.catch(() => undefined);
-    return run;
-  }
 
   #hashOf(name: string, chain: Chain): string {
     chain.hash ??= chainHash(`${name}\n${chain.base ?? ''}`, chain.rules);

@@ -131,18 +131,10 @@ function ruleRow(r: RuleRecord): RuleRow {
   };
 }
 
+/** A rule as the driver reads it (VirtAPI): the row without what only the API shows. */
 function driverRule(r: RuleRecord): SecurityGroupRule {
-  return {
-    id: r.id,
-    securityGroupId: r.security_group_id,
-    direction: r.direction,
-    ethertype: r.ethertype,
-    protocol: r.protocol,
-    portRangeMin: r.port_range_min === null ? null : Number(r.port_range_min),
-    portRangeMax: r.port_range_max === null ? null : Number(r.port_range_max),
-    remoteIpPrefix: r.remote_ip_prefix,
-    remoteGroupId: r.remote_group_id,
-  };
+  const { projectId: _project, description: _description, createdAt: _created, ...rule } = ruleRow(r);
+  return rule;
 }
 
 function instanceRow(r: InstanceRecordRow, groups: string[]): InstanceRow {

@@ -27,7 +27,7 @@ import {
 } from 'kysely';
 import type { Deliver, ErrorClass, StoreBackend } from './backend.js';
 import { migrateToLatest } from './migrations.js';
-import { Mutex } from './mutex.js';
+import { Mutex } from '../util/mutex.js';
 import type { Database } from './schema.js';
 
 export const SQLITE_BUSY_TIMEOUT_MS = 5000;
