@@ -14,7 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import pg from 'pg';
-import { Kysely, PostgresDialect, type Transaction, sql } from 'kysely';
+import { Kysely, PostgresDialect, type DatabaseIntrospector, type TableMetadata, type Transaction, sql } from 'kysely';
 import type { Logger } from '../logger.js';
 import type { Deliver, ErrorClass, StoreBackend } from './backend.js';
 import { migrateToLatest } from './migrations.js';
@@ -242,7 +242,7 @@ export class PostgresBackend implements StoreBackend {
         const current = await sql<{ schema: string | null }>`select current_schema() as schema`.execute(conn);
         const schema = current.rows[0]?.schema;
         if (!schema) throw new Error('PostgreSQL has no current schema (check search_path)');
-        await migrateToLatest(conn as unknown as Kysely<unknown>, 'postgres', schema);
+        await migrateToLatest(confined(conn as unknown as Kysely<unknown>, schema), 'postgres', schema);
       } finally {
         await sql`select pg_advisory_unlock(${sql.lit(MIGRATION_LOCK)})`.execute(conn);
       }
@@ -279,4 +279,35 @@ export class PostgresBackend implements StoreBackend {
     await this.#listener.stop();
     await this.db.destroy();
   }
+}
+
+/**
+ * `db` as the migrator should see it: its introspection lists only the tables
+ * of `schema`. Kysely's own PostgreSQL introspector reads every schema of the
+ * server and resolves each column's sequence by name, which fails when another
+ * tenant drops a schema meanwhile; the migrator needs only our tables' names.
+ */
+function confined(db: Kysely<unknown>, schema: string): Kysely<unknown> {
+  const getTables = async (): Promise<TableMetadata[]> => {
+    const rows = await sql<{ name: string; kind: string }>`
+      select c.relname as name, c.relkind as kind
+        from pg_catalog.pg_class c join pg_catalog.pg_namespace ns on ns.oid = c.relnamespace
+       where ns.nspname = ${schema} and c.relkind in ('r', 'v', 'p')`.execute(db);
+    return rows.rows.map((r) => ({ name: r.name, schema, isView: r.kind === 'v', columns: [] }));
+  };
+  const introspection: DatabaseIntrospector = {
+    getSchemas: async () => {
+      const rows = await sql<{ name: string }>`select nspname as name from pg_catalog.pg_namespace where nspname = ${schema}`.execute(db);
+      return rows.rows;
+    },
+    getTables,
+    getMetadata: async () => ({ tables: await getTables() }),
+  };
+  return new Proxy(db, {
+    get(target, prop) {
+      if (prop === 'introspection') return introspection;
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
 }

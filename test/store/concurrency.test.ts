@@ -12,7 +12,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { ConflictError } from '../../src/errors.js';
 import type { Change, Store } from '../../src/store/store.js';
 import { channelFor } from '../../src/store/postgres.js';
-import { pgQuery } from '../helpers/pg.js';
+import { dropSchemas, pgQuery, uniqueSchema } from '../helpers/pg.js';
 import type { ChildResult, ChildTask } from '../helpers/store-child.js';
 import { DIALECTS, storeHarness, type StoreHarness } from '../helpers/store.js';
 
@@ -251,6 +251,31 @@ for (const dialect of DIALECTS) {
       const group = await s0.createSecurityGroup(newProject(), { name: 'after-migrate' });
       expect((await s1.getSecurityGroup(null, group.id)).name).toBe('after-migrate');
     });
+
+    if (dialect === 'postgres') {
+      it('migrate is unaffected by other schemas of the server being created and dropped meanwhile', async () => {
+        // Another tenant of the server churns schemas with serial columns while stores migrate.
+        let churning = true;
+        const churn = (async () => {
+          let n = 0;
+          while (churning) {
+            const other = uniqueSchema(`churn${n++}`);
+            await pgQuery(`CREATE SCHEMA "${other}"; CREATE TABLE "${other}".t (id serial primary key)`);
+            await dropSchemas([other]);
+          }
+          return n;
+        })();
+        try {
+          for (let i = 0; i < 15; i++) {
+            const store = await harness.openAt(harness.freshTarget(), false);
+            await store.migrate();
+          }
+        } finally {
+          churning = false;
+        }
+        expect(await churn).toBeGreaterThan(0);
+      });
+    }
 
     it('two other processes and this one race on one database without losing or duplicating', async () => {
       const target = harness.freshTarget();
