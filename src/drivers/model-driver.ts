@@ -160,7 +160,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   override async refreshSecurityGroupRules(securityGroupId: string): Promise<void> {
     const groupId = validateId('securityGroupId', securityGroupId);
     if (!this.model.hasGroup(groupId)) return;
-    const fetched = await this.#fetchGroups([groupId], true);
+    const fetched = await this.#fetchGroups([groupId], { fresh: true, keepHeldMembers: true });
     if (!this.model.hasGroup(groupId)) return;
     this.#commit(fetched);
     await this.apply(this.model.usersOf(groupId));
@@ -181,7 +181,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     const { id } = validateInstance(instance);
     if (!this.model.instances.has(id)) throw new NotFilteredError(id);
     const groupIds = await this.#fetchInstanceGroups(id);
-    const fetched = await this.#fetchGroups(groupIds, true);
+    const fetched = await this.#fetchGroups(groupIds, { fresh: true });
     const view = this.model.instances.get(id);
     if (!view) {
       this.log.info({ instanceId: id }, 'instance was unfiltered during refresh, skipping');
@@ -248,8 +248,15 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     return [...new Set(ids)];
   }
 
-  /** Rules of the groups, and members of every group those rules name. */
-  async #fetchGroups(groupIds: readonly string[], fresh = false): Promise<Fetched> {
+  /**
+   * Rules of the groups, and members of every group those rules name.
+   * `fresh` skips the batch cache; `keepHeldMembers` (a rule change) reads
+   * only the members of groups the host did not name before: members it holds
+   * change through refreshSecurityGroupMembers, so a rule change costs the size
+   * of the rules, not of the groups. An instance being prepared reads them all,
+   * as Nova does, so it starts with the current members.
+   */
+  async #fetchGroups(groupIds: readonly string[], { fresh = false, keepHeldMembers = false } = {}): Promise<Fetched> {
     const fetched: Fetched = { rules: new Map(), members: new Map() };
     for (const groupId of groupIds) {
       const cached = fresh ? undefined : this.#batchCache?.rules.get(groupId);
@@ -257,12 +264,9 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
       this.#batchCache?.rules.set(groupId, rules);
       fetched.rules.set(groupId, rules);
     }
-    // Members the model already holds are current: a change of them comes
-    // through refreshSecurityGroupMembers. Only groups newly named are read,
-    // so a rule change costs the size of the rules, not of the groups.
     for (const rules of fetched.rules.values()) {
       for (const groupId of this.model.remotesOf(rules)) {
-        if (fetched.members.has(groupId) || this.model.hasMembers(groupId)) continue;
+        if (fetched.members.has(groupId) || (keepHeldMembers && this.model.hasMembers(groupId))) continue;
         fetched.members.set(groupId, await this.#fetchMembers(groupId, fresh));
       }
     }
