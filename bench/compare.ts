@@ -6,9 +6,10 @@
  *   1. Neutron, ipset on and off: /work/shared/bench/neutron/run.sh itself
  *      (its own namespace nbench-<pid>-..., its own timings, results.json);
  *      ipset off is skipped above NEUTRON_IPSET_OFF_MAX (default 500).
- *   2. virtfw, memberMatch ipset and expand, on the same workload: one child
- *      process each (bench/virtfw-run.ts) in a fresh namespace vfwcmp<pid>-...,
- *      plus one --tools-only child each in another fresh namespace.
+ *   2. virtfw on the same workload: the iptables driver with memberMatch ipset
+ *      and expand, and the nftables driver; one child process each
+ *      (bench/virtfw-run.ts) in a fresh namespace vfwcmp<pid>-p<P>-<ipset|expand|nft>,
+ *      plus one --tools-only child each in another fresh namespace (…-t).
  *   3. A markdown + JSON report in bench/results/ (and latest.md), printed.
  *
  * Environment: SIZES, QUICK, REPEATS (3), RUN_TIMEOUT (420, Neutron's per-run
@@ -24,6 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { readWorkload, workloadCore } from './neutron-workload.js';
 import {
   MB,
+  evaluateIssue6,
   evaluateTargets,
   renderMarkdown,
   type CompareDocument,
@@ -285,6 +287,10 @@ function neutronMetrics(row: NeutronRow): Metrics {
     rules_v6: row.rules_v6,
     bridge_rules: 0, // Neutron's iptables drivers use no nftables bridge table
     bridge_set_elements: 0,
+    inet_rules: 0, // nor an nftables inet table of its own
+    inet_instance_rules: 0,
+    inet_set_elements: 0,
+    inet_map_elements: 0,
     ipset_members: row.ipset_members,
     member_add_s: row.member_add_s,
     rule_add_s: row.rule_add_s,
@@ -375,11 +381,20 @@ interface VirtfwRun {
   failed?: string;
   phases?: {
     prepare_all?: { wall_s: number; restore_subprocess_s: number };
-    member_add?: { median_wall_s: number };
+    member_add?: { median_wall_s: number; samples?: { wall_s: number }[] };
     rule_add?: { median_wall_s: number };
     remove_all?: { wall_s: number; excl_conntrack_s: number; conntrack_s: number };
   };
-  counts?: { after_prepare?: { rules_v4: number; rules_v6: number; bridge_rules: number; bridge_set_elements?: number; ipset_members: number } };
+  counts?: {
+    after_prepare?: {
+      rules_v4: number;
+      rules_v6: number;
+      bridge_rules: number;
+      bridge_set_elements?: number;
+      inet?: { rules: number; instance_rules: number; set_elements: number; map_elements: number };
+      ipset_members: number;
+    };
+  };
   peak_rss_kb?: number;
 }
 
@@ -389,22 +404,26 @@ interface ToolsRun {
   notes?: string[];
 }
 
-async function runVirtfw(P: number, memberMatch: 'ipset' | 'expand', workloadFile: string, command: string[]): Promise<Side> {
-  const base = `${NS_PREFIX}-p${P}-${memberMatch}`;
+/** ipset / expand: the iptables driver with that memberMatch; nftables: the nftables driver. */
+type VirtfwVariant = 'ipset' | 'expand' | 'nftables';
+
+async function runVirtfw(P: number, variant: VirtfwVariant, workloadFile: string, command: string[]): Promise<Side> {
+  const base = `${NS_PREFIX}-p${P}-${variant === 'nftables' ? 'nft' : variant}`;
+  const driverArgs = variant === 'nftables' ? ['--driver', 'nftables'] : ['--driver', 'iptables', '--member-match', variant];
   const exec = async (ns: string, extra: string[], label: string) => {
     addNamespace(ns);
     try {
-      return await runChild(label, [...command, '--workload', workloadFile, '--member-match', memberMatch, '--ns', ns, ...extra], { timeoutS: VIRTFW_TIMEOUT });
+      return await runChild(label, [...command, '--workload', workloadFile, ...driverArgs, '--ns', ns, ...extra], { timeoutS: VIRTFW_TIMEOUT });
     } finally {
       deleteNamespace(ns);
     }
   };
-  const load = await waitQuiet(`virtfw P=${P} ${memberMatch}`);
-  log(`virtfw P=${P} ${memberMatch} (netns ${base})`);
-  const runResult = await exec(base, [], `virtfw p${P} ${memberMatch}`);
+  const load = await waitQuiet(`virtfw P=${P} ${variant}`);
+  log(`virtfw P=${P} ${variant} (netns ${base})`);
+  const runResult = await exec(base, [], `virtfw p${P} ${variant}`);
   const run = parseChildJson(runResult) as VirtfwRun | null;
-  log(`virtfw P=${P} ${memberMatch} tools only (netns ${base}-t)`);
-  const toolsResult = await exec(`${base}-t`, ['--tools-only'], `virtfw p${P} ${memberMatch} tools`);
+  log(`virtfw P=${P} ${variant} tools only (netns ${base}-t)`);
+  const toolsResult = await exec(`${base}-t`, ['--tools-only'], `virtfw p${P} ${variant} tools`);
   const tools = parseChildJson(toolsResult) as ToolsRun | null;
 
   if (!run) {
@@ -421,8 +440,13 @@ async function runVirtfw(P: number, memberMatch: 'ipset' | 'expand', workloadFil
     rules_v6: c?.rules_v6,
     bridge_rules: c?.bridge_rules,
     bridge_set_elements: c?.bridge_set_elements,
+    inet_rules: c?.inet?.rules,
+    inet_instance_rules: c?.inet?.instance_rules,
+    inet_set_elements: c?.inet?.set_elements,
+    inet_map_elements: c?.inet?.map_elements,
     ipset_members: c?.ipset_members,
     member_add_s: ph.member_add?.median_wall_s,
+    member_add_samples_s: ph.member_add?.samples?.map((x) => x.wall_s),
     rule_add_s: ph.rule_add?.median_wall_s,
     remove_all_s: ph.remove_all?.excl_conntrack_s,
     conntrack_cleanup_s: ph.remove_all?.conntrack_s,
@@ -510,12 +534,18 @@ const STATIC_NOTES = [
   'DHCP/RA: Neutron\'s server gives every port 5 provider rules (DHCP, DHCPv6, RA from anywhere). virtfw accepts DHCP replies from the subnet\'s DHCP server and RAs from its gateway in shared base chains; the workload names no subnets, so the bench puts ports in 10.10.0.0/16 (gateway .1, DHCP server .2) and 2001:db8:a::/64 (gateway ::1).',
   'Both sides put a comment on every rule (Neutron: descriptive text, `comment_iptables_rules=True`; virtfw: an identity hash) and both count `-A` lines of iptables-save/ip6tables-save over all tables.',
   'Timing scope: Neutron\'s harness subtracts its fake-RPC (server) time; virtfw\'s times include its VirtAPI reads (InMemoryVirtAPI; `virtapi_s` per phase in the JSON), which is slightly against virtfw. Neutron uses eventlet\'s green subprocess (≈10 ms polling floor per command) but skips the privsep daemon a real agent uses. Driver construction is excluded on both sides.',
-  'conntrack: Neutron queues `conntrack -D` (4 per port) for async workers; its harness runs them after remove_all and reports them as conntrack_cleanup_s. virtfw runs them synchronously inside unfilterInstance; its remove_all_s row subtracts the time measured inside those commands (its wall time is remove_all_s + conntrack_cleanup_s) so the row is like for like.',
+  'conntrack: Neutron queues `conntrack -D` (4 per port) for async workers; its harness runs them after remove_all and reports them as conntrack_cleanup_s. virtfw (both drivers) starts them in the background once the removed instances\' rules are gone, so they are not in its remove_all_s; its conntrack_cleanup_s is the wait for them right after remove_all (`await driver.connectionCleanupDone()`), so both rows are like for like.',
   'Namespaces: Neutron\'s harness process runs inside its namespace, so it execs each tool directly; virtfw runs from outside with `netns` set, so every tool call (restores, saves, sysctl, each `conntrack -D`) goes through the driver\'s NetnsRunner (`nsenter --net=…` or `ip netns exec`), one more exec per call (a few ms; it shows most in conntrack_cleanup_s: thousands of calls).',
   'virtfw may run tools side by side (e.g. both families at once): its subprocess and restore times are the time at least one such tool was running (the union of the calls), not their sum; the JSON has both per tool (`busy_s`, `s`).',
   'virtfw turns on `net.bridge.bridge-nf-call-ip(6)tables` during its first apply (a sysctl in its namespace), inside prepare_all_s; Neutron only warns that br_netfilter is missing.',
   'Peak RSS: Neutron = `ru_maxrss` of its harness process (Python with Neutron, oslo and eventlet imported) as the harness records it; virtfw = `process.resourceUsage().maxRSS` of the child at its end (VmHWM agrees). Neither includes the tools they spawn.',
   'Neutron with ipset off has a known bug (its README): a partial refresh drops group 0\'s IPv6 members, so its member_add/rule_add include spurious work.',
+  'virtfw nftables column: `NftablesFirewallDriver` on the same workload, with the same phases, accounting and namespace wrapper as the iptables columns. It writes IPv4, IPv6, the remote groups\' member sets, the dispatch maps and the bridge table in **one `nft -f` transaction** per apply (prepare_all: one; a member added: one `add element` line), where the iptables driver runs `iptables-restore` and `ip6tables-restore` side by side, `ipset restore` and an `nft -f` for the bridge table. Its restore_subprocess_s is the time inside that one `nft -f`.',
+  'Dispatch by verdict maps: the nftables driver reaches an instance\'s chains through verdict maps keyed by address, device or bridge-port mark, one element per instance address/device rather than jump rules, and its remote-group members are nft named sets (like ipset). Rule counts are therefore not like for like with the iptables columns: elements are shown on their own rows (inet_set_elements: member sets; inet_map_elements: dispatch maps), as ipset members are. Kernel rules total = v4 + v6 + bridge + inet (the nft inet table).',
+  'Bridge table with the nftables driver: frames bridged to a VIF get a per-VIF packet mark in the bridge forward hook (a one-rule `mark-<n>` chain per VIF, chosen by a verdict map), so its bridge_rules are about one per bridged VIF more than the iptables driver\'s; they are in its total.',
+  'The nftables driver looks for other firewalls on its devices on its first apply (`iptables-legacy-save`, `ip6tables-legacy-save`, `iptables-nft-save`, `ip6tables-nft-save`, `nft list ruleset`, side by side), inside its prepare_all_s as in production. Its rules_v4/rules_v6 (iptables-save / ip6tables-save `-A` lines) are shown for comparability and should be 0.',
+  'tools_only_s for nftables: one `nft -f -` of `renderRuleset().nft` (inet and bridge tables in one script), rendered with a FakeKernel, into an empty namespace; the JSON records whether it equals (as a set of lines) the one transaction the driver wrote in its prepare_all.',
+  'Neutron(ipset on) / virtfw(nftables) compares Neutron on iptables-nft with virtfw on native nftables; virtfw iptables(ipset) / virtfw nftables compares virtfw\'s two drivers in the same run (time rows: iptables ÷ nftables, > 1 = nftables faster; count and memory rows: nftables ÷ iptables).',
   'Other work on the machine skews every time in both columns: the load average at the start and end of the run, and when each run started, is printed; compare only figures from runs on a quiet machine.',
   'Every figure is one run (member_add/rule_add: median of REPEATS events); expect ±10–20 % run-to-run noise on 2 cores, more for values under 50 ms.',
 ];
@@ -548,7 +578,7 @@ async function main(): Promise<void> {
     quiet_wait_s: QUIET_WAIT,
     neutron_driver: 'iptables_hybrid (iptables-nft)',
     virtfw_child: how,
-    virtfw_options: '{ netns, memberMatch, allowSameNetTraffic: false } (others default)',
+    virtfw_options: 'iptables: { netns, memberMatch, allowSameNetTraffic: false }; nftables: { netns, allowSameNetTraffic: false } (others default)',
     virtfw_source: sourceVersion(),
   };
   try {
@@ -563,6 +593,7 @@ async function main(): Promise<void> {
       const aap = ours.ports.reduce((n, p) => n + p.allowed_address_pairs.length, 0);
       const virtfwIpset = await runVirtfw(P, 'ipset', workloadFile, command);
       const virtfwExpand = await runVirtfw(P, 'expand', workloadFile, command);
+      const virtfwNft = await runVirtfw(P, 'nftables', workloadFile, command);
       sizes.push({
         P,
         workload: { file: workloadFile.replace(`${scratch}/`, '<scratch>/'), identical_to_neutron: identical, allowed_address_pairs: aap },
@@ -570,6 +601,7 @@ async function main(): Promise<void> {
         neutron_off: off.side,
         virtfw_ipset: virtfwIpset,
         virtfw_expand: virtfwExpand,
+        virtfw_nftables: virtfwNft,
       });
       writeFileSync(partial, JSON.stringify({ started: started.toISOString(), config, sizes }, null, 1));
     }
@@ -588,8 +620,14 @@ async function main(): Promise<void> {
       `virtfw with \`memberMatch: ipset\` **failed** at P=${ipsetFailures.map((s) => s.P).join(', ')}: ${ipsetFailures[0]?.virtfw_ipset.reason ?? ''}. Its targets are therefore FAIL in this run; the virtfw expand column is the working mode.`,
     );
   }
+  const nftFailures = sizes.filter((s) => s.virtfw_nftables.status !== 'ok');
+  if (nftFailures.length) {
+    notes.unshift(
+      `virtfw's **nftables driver failed** at P=${nftFailures.map((s) => s.P).join(', ')}: ${nftFailures[0]?.virtfw_nftables.reason ?? ''}. Its issue-6 targets are therefore FAIL in this run.`,
+    );
+  }
   const busiest = Math.max(
-    ...sizes.flatMap((s) => [s.neutron_on, s.neutron_off, s.virtfw_ipset, s.virtfw_expand].map((side) => side.load_at_start ?? 0)),
+    ...sizes.flatMap((s) => [s.neutron_on, s.neutron_off, s.virtfw_ipset, s.virtfw_expand, s.virtfw_nftables].map((side) => side.load_at_start ?? 0)),
   );
   // The measured run itself keeps about one core busy; more than the core count means other work competed.
   if (busiest > cpus().length) {
@@ -602,7 +640,7 @@ async function main(): Promise<void> {
   notes.push(`virtfw child: ${how}; a bare \`node -e\` process on this machine peaks at ${(floorKb / MB).toFixed(1)} MB (tsx adds about 30 MB more).`);
 
   const doc: CompareDocument = {
-    format: 'virtfw-bench-compare/1',
+    format: 'virtfw-bench-compare/2',
     started: started.toISOString(),
     finished: finished.toISOString(),
     duration_s: round3((finished.getTime() - started.getTime()) / 1000),
@@ -610,6 +648,7 @@ async function main(): Promise<void> {
     config,
     sizes,
     targets: evaluateTargets(sizes),
+    targets_issue6: evaluateIssue6(sizes),
     notes,
   };
   const markdown = renderMarkdown(doc);

@@ -1,6 +1,7 @@
 /**
  * bench:compare report: the result document's types, the metrics pulled
- * from each side, the issue-5 targets, and the markdown tables.
+ * from each side, the issue-5 targets (iptables driver), the issue-6 targets
+ * (nftables driver), and the markdown tables.
  */
 
 export type Status = 'ok' | 'failed' | 'skipped';
@@ -17,8 +18,18 @@ export interface Metrics {
   bridge_rules?: number;
   /** virtfw only: elements of the bridge table's named sets and maps (not rules) */
   bridge_set_elements?: number;
+  /** virtfw nftables: rules in `table inet virtfw` (0 elsewhere) */
+  inet_rules?: number;
+  /** virtfw nftables: rules in its per-instance chains (vm-in-*, vm-out-*, vm-spoof-*) */
+  inet_instance_rules?: number;
+  /** virtfw nftables: elements of its named sets (remote groups' member addresses) */
+  inet_set_elements?: number;
+  /** virtfw nftables: elements of its dispatch verdict maps */
+  inet_map_elements?: number;
   ipset_members?: number;
   member_add_s?: number;
+  /** virtfw: every member_add event's wall time (member_add_s is their median) */
+  member_add_samples_s?: number[];
   rule_add_s?: number;
   /** removal of every port in one batch, without the conntrack -D cleanup */
   remove_all_s?: number;
@@ -46,6 +57,8 @@ export interface SizeResult {
   neutron_off: Side;
   virtfw_ipset: Side;
   virtfw_expand: Side;
+  /** virtfw's NftablesFirewallDriver */
+  virtfw_nftables: Side;
 }
 
 export interface TargetRow {
@@ -55,8 +68,37 @@ export interface TargetRow {
   expand: { value: string; verdict: string };
 }
 
+/** One issue-6 target, for virtfw's nftables driver. */
+export interface Issue6Row {
+  target: string;
+  requirement: string;
+  value: string;
+  verdict: string;
+}
+
+/** Per size: how the nftables driver's rules and elements grow with P. */
+export interface Issue6Growth {
+  P: number;
+  inet_rules?: number;
+  inet_instance_rules?: number;
+  /** inet rules outside the per-instance chains: base chains and group chains */
+  inet_other_rules?: number;
+  per_instance?: number;
+  inet_set_elements?: number;
+  inet_map_elements?: number;
+  bridge_rules?: number;
+  bridge_set_elements?: number;
+}
+
+export interface Issue6Targets {
+  at_P: number;
+  official: boolean;
+  rows: Issue6Row[];
+  growth: Issue6Growth[];
+}
+
 export interface CompareDocument {
-  format: 'virtfw-bench-compare/1';
+  format: 'virtfw-bench-compare/2';
   started: string;
   finished: string;
   duration_s: number;
@@ -64,6 +106,7 @@ export interface CompareDocument {
   config: Record<string, unknown>;
   sizes: SizeResult[];
   targets: { at_P: number; official: boolean; rows: TargetRow[] };
+  targets_issue6: Issue6Targets;
   notes: string[];
 }
 
@@ -90,9 +133,10 @@ function fmtRatio(v: number | undefined): string {
 const fmtCount = (v: number | undefined) => (v === undefined ? '' : String(v));
 const fmtMb = (v: number | undefined) => (v === undefined ? '' : v.toFixed(1));
 
+/** Every rule in the kernel: iptables v4 + v6, the nft bridge table, the nft inet table. */
 export function totalRules(m: Metrics): number | undefined {
   if (m.rules_v4 === undefined || m.rules_v6 === undefined) return undefined;
-  return m.rules_v4 + m.rules_v6 + (m.bridge_rules ?? 0);
+  return m.rules_v4 + m.rules_v6 + (m.bridge_rules ?? 0) + (m.inet_rules ?? 0);
 }
 
 const ratio = (a: number | undefined, b: number | undefined) =>
@@ -105,21 +149,30 @@ type Kind = 'time' | 'count' | 'mem' | 'plain';
 interface Row {
   label: string;
   kind: Kind;
-  get: (m: Metrics) => number | undefined;
+  get: (m: Metrics, P: number) => number | undefined;
   /** only virtfw has it */
   virtfwOnly?: boolean;
+  /** only virtfw's nftables driver has it (the inet table) */
+  nftOnly?: boolean;
 }
+
+const perInstance = (m: Metrics, P: number) => (m.inet_instance_rules === undefined || !m.inet_rules || P <= 0 ? undefined : m.inet_instance_rules / P);
 
 const ROWS: Row[] = [
   { label: 'prepare_all_s (program all P, one deferred apply)', kind: 'time', get: (m) => m.prepare_all_s },
   { label: 'tools_only_s (the tools alone, virtfw input)', kind: 'time', get: (m) => m.tools_only_s, virtfwOnly: true },
   { label: 'prepare_all_s / tools_only_s', kind: 'plain', get: (m) => ratio(m.prepare_all_s, m.tools_only_s), virtfwOnly: true },
-  { label: 'restore_subprocess_s (inside restore tools, prepare_all)', kind: 'time', get: (m) => m.restore_subprocess_s },
+  { label: 'restore_subprocess_s (inside restore tools / nft -f, prepare_all)', kind: 'time', get: (m) => m.restore_subprocess_s },
   { label: 'rules_v4 (iptables-save -A, all tables)', kind: 'count', get: (m) => m.rules_v4 },
   { label: 'rules_v6 (ip6tables-save -A, all tables)', kind: 'count', get: (m) => m.rules_v6 },
   { label: 'bridge_rules (nft table bridge virtfw)', kind: 'count', get: (m) => m.bridge_rules },
-  { label: 'kernel rules total (v4 + v6 + bridge)', kind: 'count', get: totalRules },
+  { label: 'inet_rules (nft table inet virtfw, all chains)', kind: 'count', get: (m) => m.inet_rules, nftOnly: true },
+  { label: 'inet_instance_rules (its per-instance chains)', kind: 'count', get: (m) => m.inet_instance_rules, nftOnly: true },
+  { label: 'inet rules per instance (per-instance chains ÷ P)', kind: 'plain', get: perInstance, nftOnly: true },
+  { label: 'kernel rules total (v4 + v6 + bridge + inet)', kind: 'count', get: (m) => totalRules(m) },
   { label: 'bridge_set_elements (nft named set/map elements)', kind: 'count', get: (m) => m.bridge_set_elements },
+  { label: 'inet_set_elements (nft member sets)', kind: 'count', get: (m) => m.inet_set_elements, nftOnly: true },
+  { label: 'inet_map_elements (nft dispatch verdict maps)', kind: 'count', get: (m) => m.inet_map_elements, nftOnly: true },
   { label: 'ipset_members (ipset save, add lines)', kind: 'count', get: (m) => m.ipset_members },
   { label: 'member_add_s (median of events)', kind: 'time', get: (m) => m.member_add_s },
   { label: 'rule_add_s (median of events)', kind: 'time', get: (m) => m.rule_add_s },
@@ -128,9 +181,12 @@ const ROWS: Row[] = [
   { label: 'peak_rss_mb (programming process)', kind: 'mem', get: (m) => m.peak_rss_mb },
 ];
 
-function cell(side: Side, row: Row, isVirtfw: boolean): string {
-  if (row.virtfwOnly && !isVirtfw) return '–';
-  const v = row.get(side.metrics);
+type Column = 'neutron' | 'iptables' | 'nftables';
+
+function cell(side: Side, row: Row, P: number, column: Column): string {
+  if (row.virtfwOnly && column === 'neutron') return '–';
+  if (row.nftOnly && column !== 'nftables') return '–';
+  const v = row.get(side.metrics, P);
   if (v === undefined) return side.status === 'ok' ? '' : side.status === 'skipped' ? 'skipped' : 'failed';
   switch (row.kind) {
     case 'time':
@@ -144,10 +200,10 @@ function cell(side: Side, row: Row, isVirtfw: boolean): string {
   }
 }
 
-function ratioCell(neutron: Side, virtfw: Side, row: Row): string {
-  if (row.virtfwOnly) return '';
-  const n = row.get(neutron.metrics);
-  const v = row.get(virtfw.metrics);
+function ratioCell(neutron: Side, virtfw: Side, row: Row, P: number): string {
+  if (row.virtfwOnly || row.nftOnly) return '';
+  const n = row.get(neutron.metrics, P);
+  const v = row.get(virtfw.metrics, P);
   // time: Neutron / virtfw (how many times faster); counts and memory: virtfw / Neutron.
   if (row.kind === 'time') return fmtRatio(ratio(n, v));
   if (row.label.startsWith('bridge_') || row.label.startsWith('ipset_members')) return '';
@@ -156,6 +212,16 @@ function ratioCell(neutron: Side, virtfw: Side, row: Row): string {
     return r === undefined ? '' : r.toFixed(2);
   }
   return '';
+}
+
+/** virtfw's iptables driver (ipset) against its nftables driver: times iptables ÷ nftables; counts and memory nftables ÷ iptables. */
+function driverRatioCell(iptables: Side, nftables: Side, row: Row, P: number): string {
+  if (row.nftOnly || row.kind === 'plain' || row.label.startsWith('ipset_members')) return '';
+  const i = row.get(iptables.metrics, P);
+  const n = row.get(nftables.metrics, P);
+  if (row.kind === 'time') return fmtRatio(ratio(i, n));
+  const r = ratio(n, i);
+  return r === undefined ? '' : r.toFixed(2);
 }
 
 function statusLine(name: string, side: Side): string | null {
@@ -170,46 +236,45 @@ export function sizeTable(s: SizeResult): string {
     'Neutron ipset off',
     'virtfw ipset',
     'virtfw expand',
+    'virtfw nftables',
     'Neutron(ipset on) / virtfw(ipset)',
     'Neutron(ipset on) / virtfw(expand)',
+    'Neutron(ipset on) / virtfw(nftables)',
+    'virtfw iptables(ipset) / virtfw nftables',
   ];
   const lines = [`| ${head.join(' | ')} |`, `|---|${head.slice(1).map(() => '---:').join('|')}|`];
   for (const row of ROWS) {
     lines.push(
       `| ${[
         row.label,
-        cell(s.neutron_on, row, false),
-        cell(s.neutron_off, row, false),
-        cell(s.virtfw_ipset, row, true),
-        cell(s.virtfw_expand, row, true),
-        ratioCell(s.neutron_on, s.virtfw_ipset, row),
-        ratioCell(s.neutron_on, s.virtfw_expand, row),
+        cell(s.neutron_on, row, s.P, 'neutron'),
+        cell(s.neutron_off, row, s.P, 'neutron'),
+        cell(s.virtfw_ipset, row, s.P, 'iptables'),
+        cell(s.virtfw_expand, row, s.P, 'iptables'),
+        cell(s.virtfw_nftables, row, s.P, 'nftables'),
+        ratioCell(s.neutron_on, s.virtfw_ipset, row, s.P),
+        ratioCell(s.neutron_on, s.virtfw_expand, row, s.P),
+        ratioCell(s.neutron_on, s.virtfw_nftables, row, s.P),
+        driverRatioCell(s.virtfw_ipset, s.virtfw_nftables, row, s.P),
       ].join(' | ')} |`,
     );
   }
-  const status = [
-    statusLine('Neutron ipset on', s.neutron_on),
-    statusLine('Neutron ipset off', s.neutron_off),
-    statusLine('virtfw ipset', s.virtfw_ipset),
-    statusLine('virtfw expand', s.virtfw_expand),
-  ].filter((l): l is string => l !== null);
+  const sides = [
+    ['Neutron ipset on', s.neutron_on],
+    ['Neutron ipset off', s.neutron_off],
+    ['virtfw ipset', s.virtfw_ipset],
+    ['virtfw expand', s.virtfw_expand],
+    ['virtfw nftables', s.virtfw_nftables],
+  ] as const;
+  const status = sides.map(([name, side]) => statusLine(name, side)).filter((l): l is string => l !== null);
   const wl = s.workload;
-  const loads = (
-    [
-      ['Neutron on', s.neutron_on],
-      ['Neutron off', s.neutron_off],
-      ['virtfw ipset', s.virtfw_ipset],
-      ['virtfw expand', s.virtfw_expand],
-    ] as const
-  )
-    .filter(([, side]) => side.load_at_start !== undefined)
-    .map(([name, side]) => `${name} ${side.load_at_start?.toFixed(2)}`);
+  const loads = sides.filter(([, side]) => side.load_at_start !== undefined).map(([name, side]) => `${name} ${side.load_at_start?.toFixed(2)}`);
   const parts = [
     `### P = ${s.P}`,
     '',
     lines.join('\n'),
     '',
-    'Ratio columns: time rows = Neutron ÷ virtfw (× faster; > 1 means virtfw is faster); rule-count and memory rows = virtfw ÷ Neutron (< 1 means virtfw has fewer / uses less); the total compares virtfw v4+v6+bridge with Neutron v4+v6.',
+    'Ratio columns: time rows = Neutron ÷ virtfw (× faster; > 1 means virtfw is faster); rule-count and memory rows = virtfw ÷ Neutron (< 1 means virtfw has fewer / uses less); the total compares virtfw v4+v6+bridge+inet with Neutron v4+v6. The last column compares virtfw\'s two drivers the same way: time rows = iptables(ipset) ÷ nftables (> 1 means nftables is faster), count and memory rows = nftables ÷ iptables(ipset).',
     '',
     `Workload: \`${wl.file}\`${wl.identical_to_neutron === null ? '' : wl.identical_to_neutron ? ', identical to the one Neutron ran' : ', **differs from the one Neutron ran**'}; ${wl.allowed_address_pairs} allowed address pair(s) that virtfw cannot express.`,
   ];
@@ -312,12 +377,180 @@ export function targetsTable(t: CompareDocument['targets']): string {
   return lines.join('\n');
 }
 
+// ---------------------------------------------------------- issue-6 targets
+
+/** Per-instance rules may vary this much over the sizes (the mix of groups differs a little) and still count as constant. */
+const PER_INSTANCE_TOLERANCE = 1.05;
+
+/**
+ * Issue 6, for virtfw's nftables driver at 1,000 instances (or the largest P
+ * run, marked indicative): programming ≥ 10× faster than Neutron with ipset
+ * and ≥ 2× faster than virtfw's iptables driver (ipset) in the same run; a
+ * membership change under 5 ms (median); rules per instance constant in P.
+ */
+export function evaluateIssue6(sizes: SizeResult[]): Issue6Targets {
+  const at = sizes.find((s) => s.P === 1000) ?? sizes.reduce<SizeResult | undefined>((a, s) => (!a || s.P > a.P ? s : a), undefined);
+  const official = at?.P === 1000;
+  const growth: Issue6Growth[] = [...sizes]
+    .sort((a, b) => a.P - b.P)
+    .map((s) => {
+      const m = s.virtfw_nftables.metrics;
+      return {
+        P: s.P,
+        inet_rules: m.inet_rules,
+        inet_instance_rules: m.inet_instance_rules,
+        inet_other_rules: m.inet_rules === undefined || m.inet_instance_rules === undefined ? undefined : m.inet_rules - m.inet_instance_rules,
+        per_instance: perInstance(m, s.P),
+        inet_set_elements: m.inet_set_elements,
+        inet_map_elements: m.inet_map_elements,
+        bridge_rules: m.bridge_rules,
+        bridge_set_elements: m.bridge_set_elements,
+      };
+    });
+  const rows: Issue6Row[] = [];
+  if (!at) return { at_P: 0, official: false, rows, growth };
+  const nft = at.virtfw_nftables;
+  const v = nft.metrics;
+  const failed = (side: Side, name: string) =>
+    side.status === 'ok' ? `${name}: not measured` : `${name} run ${side.status}${side.status === 'failed' ? ` in ${(side.reason ?? '').split(':')[0]}` : ''} (see the P=${at.P} table)`;
+  const verdictOf = (ok: boolean | null) => verdict(ok, official);
+
+  // Programming all instances.
+  {
+    const n = at.neutron_on.metrics.prepare_all_s;
+    const i = at.virtfw_ipset.metrics.prepare_all_s;
+    const speedN = ratio(n, v.prepare_all_s);
+    const speedI = ratio(i, v.prepare_all_s);
+    const overTools = ratio(v.prepare_all_s, v.tools_only_s);
+    const row = { target: `program ${at.P} instances`, requirement: '≥ 10× faster than Neutron (ipset on) AND ≥ 2× faster than virtfw iptables (ipset), same run' };
+    if (speedN === undefined || speedI === undefined) {
+      const why = [speedN === undefined && v.prepare_all_s !== undefined ? failed(at.neutron_on, 'Neutron ipset on') : null, speedI === undefined && v.prepare_all_s !== undefined ? failed(at.virtfw_ipset, 'virtfw ipset') : null, v.prepare_all_s === undefined ? failed(nft, 'virtfw nftables') : null].filter(Boolean);
+      rows.push({ ...row, value: why.join('; '), verdict: verdictOf(nft.status === 'ok' ? null : false) });
+    } else {
+      rows.push({
+        ...row,
+        value: `Neutron ${fmtTime(n)} s / ${fmtTime(v.prepare_all_s)} s = ${fmtRatio(speedN)}; virtfw iptables(ipset) ${fmtTime(i)} s / ${fmtTime(v.prepare_all_s)} s = ${fmtRatio(speedI)} (for information: prepare/tools = ${overTools === undefined ? 'n/a' : overTools.toFixed(2)}, nft -f alone ${fmtTime(v.tools_only_s)} s)`,
+        verdict: verdictOf(speedN >= 10 && speedI >= 2),
+      });
+    }
+  }
+
+  // A membership change.
+  {
+    const row = { target: 'one member added', requirement: `median < 5 ms at P=${at.P} (for information: median over every event at every size, and flatness max/min of the per-size medians)` };
+    const value = v.member_add_s;
+    if (value === undefined) {
+      rows.push({ ...row, value: failed(nft, 'virtfw nftables'), verdict: verdictOf(nft.status === 'ok' ? null : false) });
+    } else {
+      const all = sizes.flatMap((s) => s.virtfw_nftables.metrics.member_add_samples_s ?? []);
+      const medians = sizes.map((s) => s.virtfw_nftables.metrics.member_add_s).filter((x): x is number => x !== undefined && x > 0);
+      const flat = medians.length >= 2 ? Math.max(...medians) / Math.min(...medians) : undefined;
+      const perSize = [...sizes]
+        .sort((a, b) => a.P - b.P)
+        .map((s) => `${s.P}: ${s.virtfw_nftables.metrics.member_add_s === undefined ? 'n/a' : (s.virtfw_nftables.metrics.member_add_s * 1000).toFixed(1)}`)
+        .join(', ');
+      rows.push({
+        ...row,
+        value: `${(value * 1000).toFixed(1)} ms; over all sizes: median ${all.length ? (medianOf(all) * 1000).toFixed(1) : 'n/a'} ms of ${all.length} events; per-size medians (ms) ${perSize}; max/min = ${flat === undefined ? 'n/a' : flat.toFixed(2)}`,
+        verdict: verdictOf(value < 0.005),
+      });
+    }
+  }
+
+  // Rules per instance.
+  {
+    const row = {
+      target: 'rules per instance',
+      requirement: `inet rules in the per-instance chains ÷ P does not grow with P (every size ≤ ${PER_INSTANCE_TOLERANCE} × the smallest size's); base and group chains are not per instance`,
+    };
+    const known = growth.filter((g) => g.per_instance !== undefined);
+    if (known.length < sizes.length || known.length === 0) {
+      const missing = growth.filter((g) => g.per_instance === undefined).map((g) => g.P);
+      rows.push({ ...row, value: `not measured at P=${missing.join(', ')} (see those tables)`, verdict: verdictOf(false) });
+    } else {
+      const first = known[0]?.per_instance ?? 0;
+      const ok = known.every((g) => (g.per_instance ?? Infinity) <= first * PER_INSTANCE_TOLERANCE);
+      const others = [...new Set(known.map((g) => g.inet_other_rules))];
+      rows.push({
+        ...row,
+        value: `${known.map((g) => `P=${g.P}: ${g.per_instance?.toFixed(2)}`).join(', ')}; rules outside them: ${others.join(', ')}${others.length === 1 ? ' at every size' : ''} (see the growth table)`,
+        verdict: known.length < 2 ? verdictOf(null) : verdictOf(ok),
+      });
+    }
+  }
+  return { at_P: at.P, official, rows, growth };
+}
+
+function medianOf(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  if (n === 0) return NaN;
+  return n % 2 ? (s[(n - 1) / 2] ?? NaN) : ((s[n / 2 - 1] ?? 0) + (s[n / 2] ?? 0)) / 2;
+}
+
+export function issue6Table(t: Issue6Targets): string {
+  return [`| target | requirement | virtfw nftables | verdict |`, `|---|---|---|---|`, ...t.rows.map((r) => `| ${r.target} | ${r.requirement} | ${r.value} | **${r.verdict}** |`)].join('\n');
+}
+
+/** How the nftables driver's rules and elements grow with P: a least-squares line through total inet rules, and the table. */
+export function issue6GrowthTable(t: Issue6Targets): string {
+  const g = t.growth;
+  const head = [
+    'P',
+    'inet rules (all)',
+    'in per-instance chains',
+    'per instance',
+    'other (base + group chains)',
+    'member set elements',
+    'dispatch map elements',
+    'bridge rules',
+    'bridge rules ÷ P',
+    'bridge set/map elements',
+  ];
+  const f = (x: number | undefined) => (x === undefined ? 'n/a' : String(x));
+  const lines = [
+    `| ${head.join(' | ')} |`,
+    `|${head.map(() => '---:').join('|')}|`,
+    ...g.map(
+      (r) =>
+        `| ${[
+          r.P,
+          f(r.inet_rules),
+          f(r.inet_instance_rules),
+          r.per_instance === undefined ? 'n/a' : r.per_instance.toFixed(2),
+          f(r.inet_other_rules),
+          f(r.inet_set_elements),
+          f(r.inet_map_elements),
+          f(r.bridge_rules),
+          r.bridge_rules === undefined ? 'n/a' : (r.bridge_rules / r.P).toFixed(2),
+          f(r.bridge_set_elements),
+        ].join(' | ')} |`,
+    ),
+  ];
+  const pts = g.filter((r): r is Issue6Growth & { inet_rules: number } => r.inet_rules !== undefined);
+  const out = [lines.join('\n')];
+  if (pts.length >= 2) {
+    const n = pts.length;
+    const mx = pts.reduce((a, r) => a + r.P, 0) / n;
+    const my = pts.reduce((a, r) => a + r.inet_rules, 0) / n;
+    const sxx = pts.reduce((a, r) => a + (r.P - mx) ** 2, 0);
+    const slope = sxx === 0 ? 0 : pts.reduce((a, r) => a + (r.P - mx) * (r.inet_rules - my), 0) / sxx;
+    const icept = my - slope * mx;
+    const maxDev = Math.max(...pts.map((r) => Math.abs(r.inet_rules - (icept + slope * r.P))));
+    out.push(
+      '',
+      `Least-squares line through the inet rule totals: rules ≈ ${icept.toFixed(1)} + ${slope.toFixed(3)} × P (largest deviation ${maxDev.toFixed(1)} rules): linear in P, the slope being the rules per instance; the member sets' elements (remote groups' addresses) and the dispatch maps' elements (one per instance address or device) carry the rest of the growth, outside the rules.`,
+    );
+  }
+  return out.join('\n');
+}
+
 // ----------------------------------------------------------------- document
 
 export function renderMarkdown(doc: CompareDocument): string {
   const m = doc.machine;
   const out: string[] = [
-    '# virtfw vs OpenStack Neutron — iptables security groups, same workload, same run',
+    '# virtfw (iptables and nftables drivers) vs OpenStack Neutron (iptables) — security groups, same workload, same run',
     '',
     `Run ${doc.started} → ${doc.finished} (${(doc.duration_s / 60).toFixed(1)} min), \`npm run bench:compare\`.`,
     '',
@@ -335,9 +568,19 @@ export function renderMarkdown(doc: CompareDocument): string {
     '',
     targetsTable(doc.targets),
     '',
+    `## Issue-6 targets (nftables driver) at ${doc.targets_issue6.at_P} instances${doc.targets_issue6.official ? '' : ' (P=1000 not run: indicative only)'}`,
+    '',
+    'For virtfw\'s `NftablesFirewallDriver`; ratios are to Neutron with ipset on and to virtfw\'s iptables driver with `memberMatch: ipset`, in this run.',
+    '',
+    issue6Table(doc.targets_issue6),
+    '',
+    'Growth with P (nftables driver, kernel counts after prepare_all, `nft -j list table inet|bridge virtfw`; per-instance chains are `vm-in-*`, `vm-out-*`, `vm-spoof-*`):',
+    '',
+    issue6GrowthTable(doc.targets_issue6),
+    '',
     '## Per size',
     '',
-    'Times in seconds (wall, `performance.now()` / `time.perf_counter()`); RSS in MB (2^20 bytes). Neutron: `iptables_hybrid` driver, iptables-nft, numbers from its own harness (`/work/shared/bench/neutron/run.sh`). virtfw: `IptablesFirewallDriver`, real tools in a fresh namespace. See bench/README.md for exactly what each phase times.',
+    'Times in seconds (wall, `performance.now()` / `time.perf_counter()`); RSS in MB (2^20 bytes). Neutron: `iptables_hybrid` driver, iptables-nft, numbers from its own harness (`/work/shared/bench/neutron/run.sh`). virtfw ipset / expand: `IptablesFirewallDriver` with that `memberMatch`; virtfw nftables: `NftablesFirewallDriver`; real tools, each run in a fresh namespace. `–` = does not apply to that column. See bench/README.md for exactly what each phase times.',
     '',
   ];
   for (const s of doc.sizes) out.push(sizeTable(s), '');

@@ -1,11 +1,16 @@
 /**
- * The virtfw side of `npm run bench:compare`: one measured run of the
- * iptables driver on the shared Neutron workload, in a network namespace the
- * caller made (and deletes). Run as its own process so that its peak RSS is
- * its own; prints exactly one JSON line on stdout (progress goes to stderr).
+ * The virtfw side of `npm run bench:compare`: one measured run of one of
+ * virtfw's kernel drivers on the shared Neutron workload, in a network
+ * namespace the caller made (and deletes). Run as its own process so that its
+ * peak RSS is its own; prints exactly one JSON line on stdout (progress goes
+ * to stderr).
  *
- *   tsx bench/virtfw-run.ts --workload w.json --member-match ipset|expand --ns NAME
- *   tsx bench/virtfw-run.ts --workload w.json --member-match ipset|expand --ns NAME --tools-only
+ *   tsx bench/virtfw-run.ts --workload w.json --ns NAME [--driver iptables] --member-match ipset|expand [--tools-only]
+ *   tsx bench/virtfw-run.ts --workload w.json --ns NAME --driver nftables [--tools-only]
+ *
+ * --driver iptables (default): IptablesFirewallDriver with the given memberMatch.
+ * --driver nftables: NftablesFirewallDriver (member sets are always nft named
+ * sets: --member-match does not apply and is ignored).
  *
  * Phases mirror /work/shared/bench/neutron/harness.py (see bench/README.md):
  *   prepare_all   filterDeferApplyOn(); setupBasicFiltering + prepareInstanceFilter
@@ -15,15 +20,18 @@
  *   rule_add      per event: the rule is added (untimed), refreshSecurityGroupRules
  *                 (group) is timed; median
  *   remove_all    filterDeferApplyOn(); unfilterInstance per port; filterDeferApplyOff()
+ *   conntrack_cleanup  await driver.connectionCleanupDone() (the conntrack -D of
+ *                 the removed instances, which the driver runs in the background)
  *
  * --tools-only: render the same prepared host with a FakeKernel runner
- * (`renderRuleset()`, plus the FakeKernel's `ipset restore` input when the
- * ruleset has no ipset key) and time only the real tools loading it into the
- * (fresh, empty) namespace.
+ * (`renderRuleset()`; iptables: plus the FakeKernel's `ipset restore` input
+ * when the ruleset has no ipset key; nftables: its one `nft` script) and time
+ * only the real tools loading it into the (fresh, empty) namespace.
  */
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { IptablesFirewallDriver } from '../src/drivers/iptables-driver.js';
+import { NftablesFirewallDriver } from '../src/drivers/nftables-driver.js';
 import { NetnsRunner, ProcessRunner, type CommandResult, type CommandRunner, type RunOptions } from '../src/kernel/exec.js';
 import { FakeKernel } from '../src/kernel/fake-kernel.js';
 import type { SecurityGroup, SecurityGroupRule, ProviderRule } from '../src/model/types.js';
@@ -38,25 +46,48 @@ function arg(name: string): string | undefined {
   return i === -1 ? undefined : process.argv[i + 1];
 }
 
+const USAGE = 'usage: tsx bench/virtfw-run.ts --workload FILE --ns NAME [--driver iptables|nftables] [--member-match ipset|expand] [--tools-only]';
 const workloadPath = arg('workload');
 const ns = arg('ns');
+const driverArg = arg('driver') ?? 'iptables';
 const memberMatchArg = arg('member-match') ?? 'expand';
 const toolsOnly = process.argv.includes('--tools-only');
 const PREFIX = 'virtfw';
 
 if (!workloadPath || !ns) {
-  console.error('usage: tsx bench/virtfw-run.ts --workload FILE --member-match ipset|expand --ns NAME [--tools-only]');
+  console.error(USAGE);
+  process.exit(2);
+}
+if (driverArg !== 'iptables' && driverArg !== 'nftables') {
+  console.error(`--driver: ${driverArg} is not iptables or nftables`);
   process.exit(2);
 }
 if (memberMatchArg !== 'ipset' && memberMatchArg !== 'expand') {
   console.error(`--member-match: ${memberMatchArg} is not ipset or expand`);
   process.exit(2);
 }
+const driverKind: 'iptables' | 'nftables' = driverArg;
 const memberMatch: MemberMatch = memberMatchArg;
 const netns: string = ns;
+/** what the run is called in logs and in its JSON */
+const variant = driverKind === 'nftables' ? 'nftables' : memberMatch;
 
-const log = (msg: string) => process.stderr.write(`[virtfw ${memberMatch}${toolsOnly ? ' tools-only' : ''}] ${msg}\n`);
+const log = (msg: string) => process.stderr.write(`[virtfw ${variant}${toolsOnly ? ' tools-only' : ''}] ${msg}\n`);
 const round = (x: number, digits = 6) => Number(x.toFixed(digits));
+
+/** Either driver, constructed as production would (the runner is the only bench-specific part). */
+type Driver = IptablesFirewallDriver | NftablesFirewallDriver;
+
+function makeDriver(api: VirtAPI, runner: CommandRunner, inNetns: boolean): Driver {
+  const common = { ...(inNetns ? { netns } : {}), allowSameNetTraffic: false, runner };
+  return driverKind === 'nftables' ? new NftablesFirewallDriver(api, common) : new IptablesFirewallDriver(api, { ...common, memberMatch });
+}
+
+/** The options the driver was given, for the record. */
+const driverOptions =
+  driverKind === 'nftables'
+    ? { driver: 'NftablesFirewallDriver', netns, allowSameNetTraffic: false, others: 'defaults (member sets are always nft named sets)' }
+    : { driver: 'IptablesFirewallDriver', netns, memberMatch, allowSameNetTraffic: false, others: 'defaults' };
 
 // ------------------------------------------------------- accounting helpers
 
@@ -99,6 +130,21 @@ function toolArgv(argv: readonly string[]): readonly string[] {
   return argv;
 }
 
+/**
+ * The name a call is accounted under: the tool, with the subcommand for ipset
+ * (`ipset restore`, `ipset list`) and nft (`nft -f` loads a script, `nft list`
+ * reads), so listings are not counted as restores.
+ */
+function toolKey(cmd: readonly string[]): string {
+  if (cmd[0] === 'ipset' && cmd[1]) return `ipset ${cmd[1]}`;
+  if (cmd[0] === 'nft') {
+    if (cmd.includes('-f')) return 'nft -f';
+    const verb = cmd.slice(1).find((a) => !a.startsWith('-'));
+    return verb ? `nft ${verb}` : 'nft';
+  }
+  return cmd[0] ?? '?';
+}
+
 interface Call {
   key: string;
   interval: Interval;
@@ -122,7 +168,7 @@ class TimingRunner implements CommandRunner {
       return await this.inner.run(argv, options);
     } finally {
       const cmd = toolArgv(argv);
-      const key = cmd[0] === 'ipset' && cmd[1] ? `ipset ${cmd[1]}` : (cmd[0] ?? '?');
+      const key = toolKey(cmd);
       const list = this.calls.get(phase) ?? [];
       list.push({ key, interval: [t0, performance.now()], inputLines: options?.input ? options.input.split('\n').filter((l) => l !== '').length : 0 });
       this.calls.set(phase, list);
@@ -174,9 +220,11 @@ interface PhaseResult {
   restore_input_lines: number;
   subprocess: Record<string, ToolStat>;
   input_lines_last_apply?: number;
+  /** the driver's lastApplyStats after the event (iptables: ApplyStats; nftables: NftApplyStats) */
+  apply_stats?: Record<string, unknown> | null;
 }
 
-const isRestore = (key: string) => key.endsWith('-restore') || key === 'nft' || key === 'ipset restore';
+const isRestore = (key: string) => key.endsWith('-restore') || key === 'nft -f' || key === 'ipset restore';
 
 function summarize(wall: number, virtapi: number, calls: readonly Call[]): PhaseResult {
   const byKey = new Map<string, Call[]>();
@@ -217,40 +265,91 @@ function median(xs: number[]): number {
 // ------------------------------------------------------------ kernel counts
 
 /** Runs a small shell pipeline in the namespace; only its (tiny) output enters this process. */
+function nsOutput(pipeline: string): string {
+  return spawnSync('ip', ['netns', 'exec', netns, 'sh', '-c', pipeline], { encoding: 'utf8' }).stdout.trim();
+}
+
 function nsCount(pipeline: string): number {
-  const r = spawnSync('ip', ['netns', 'exec', netns, 'sh', '-c', pipeline], { encoding: 'utf8' });
-  const n = Number.parseInt(r.stdout.trim(), 10);
+  const n = Number.parseInt(nsOutput(pipeline), 10);
   return Number.isFinite(n) ? n : 0;
+}
+
+/** What `nft -j list table <family> virtfw` holds (all 0 when the table does not exist). */
+export interface NftTableCounts {
+  /** rule objects, in every chain */
+  rules: number;
+  chains: number;
+  /** rules in the per-instance chains (inet: vm-in-*, vm-out-*, vm-spoof-*) */
+  instance_rules: number;
+  instance_chains: number;
+  sets: number;
+  /** elements of the named sets (inet: remote groups' member addresses) */
+  set_elements: number;
+  maps: number;
+  /** elements of the maps (inet: the dispatch verdict maps) */
+  map_elements: number;
 }
 
 export interface KernelCounts {
   rules_v4: number;
   rules_v6: number;
-  /** rules inside the chains of `table bridge virtfw` (not `type ...` declarations) */
+  /** rule objects in the chains of `table bridge virtfw` (`nft -j`) */
   bridge_rules: number;
   /** elements of the named sets and maps of `table bridge virtfw` */
   bridge_set_elements: number;
+  /** `table inet virtfw` (the nftables driver's filter table) */
+  inet: NftTableCounts;
   ipset_sets: number;
   ipset_members: number;
 }
 
-const NFT_RULES_AWK = String.raw`/^\tchain / { c = 1; next } /^\t}/ { c = 0; next } c && /^\t\t[^\t]/ && !/^\t\ttype / { n++ } END { print n + 0 }`;
-/** Counts set and map elements in `nft -j` output (Debian's python3; only the number enters this process). */
-const NFT_ELEMENTS_PY = [
-  'import json, sys',
+/** The nftables driver's per-instance chains (src/render/nftables.ts nftNames). */
+const INSTANCE_CHAIN_RE = '^vm-(in|out|spoof)-';
+
+/** Counts `nft -j` output (Debian's python3; only the counts enter this process). No single quotes: it goes in sh -c '...'. */
+const NFT_COUNTS_PY = [
+  'import json, re, sys',
   'try:',
   '    objs = json.load(sys.stdin)["nftables"]',
   'except Exception:',
   '    objs = []',
-  'print(sum(len(o[k].get("elem", [])) for o in objs for k in ("set", "map") if k in o))',
+  'inst = re.compile(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else None',
+  'c = dict(rules=0, chains=0, instance_rules=0, instance_chains=0, sets=0, set_elements=0, maps=0, map_elements=0)',
+  'for o in objs:',
+  '    if "rule" in o:',
+  '        c["rules"] += 1',
+  '        if inst and inst.match(o["rule"].get("chain", "")): c["instance_rules"] += 1',
+  '    elif "chain" in o:',
+  '        c["chains"] += 1',
+  '        if inst and inst.match(o["chain"].get("name", "")): c["instance_chains"] += 1',
+  '    elif "set" in o:',
+  '        c["sets"] += 1',
+  '        c["set_elements"] += len(o["set"].get("elem", []))',
+  '    elif "map" in o:',
+  '        c["maps"] += 1',
+  '        c["map_elements"] += len(o["map"].get("elem", []))',
+  'print(json.dumps(c))',
 ].join('\n');
 
+const EMPTY_NFT: NftTableCounts = { rules: 0, chains: 0, instance_rules: 0, instance_chains: 0, sets: 0, set_elements: 0, maps: 0, map_elements: 0 };
+
+function nftTableCounts(family: 'inet' | 'bridge', instanceRe = ''): NftTableCounts {
+  const out = nsOutput(`nft -j list table ${family} ${PREFIX} 2>/dev/null | /usr/bin/python3 -c '${NFT_COUNTS_PY}' '${instanceRe}'`);
+  try {
+    return { ...EMPTY_NFT, ...(JSON.parse(out) as Partial<NftTableCounts>) };
+  } catch {
+    return { ...EMPTY_NFT };
+  }
+}
+
 function kernelCounts(): KernelCounts {
+  const bridge = nftTableCounts('bridge');
   return {
     rules_v4: nsCount(`iptables-save | grep -c '^-A '`),
     rules_v6: nsCount(`ip6tables-save | grep -c '^-A '`),
-    bridge_rules: nsCount(`nft list table bridge ${PREFIX} 2>/dev/null | awk '${NFT_RULES_AWK}'`),
-    bridge_set_elements: nsCount(`nft -j list table bridge ${PREFIX} 2>/dev/null | /usr/bin/python3 -c '${NFT_ELEMENTS_PY}'`),
+    bridge_rules: bridge.rules,
+    bridge_set_elements: bridge.set_elements + bridge.map_elements,
+    inet: nftTableCounts('inet', INSTANCE_CHAIN_RE),
     ipset_sets: nsCount(`ipset save 2>/dev/null | grep -c '^create '`),
     ipset_members: nsCount(`ipset save 2>/dev/null | grep -c '^add '`),
   };
@@ -274,18 +373,19 @@ async function measuredRun(): Promise<Record<string, unknown>> {
   const host = buildHost(workload);
   const api = new TimedVirtAPI(host.api);
   const runner = new TimingRunner(new ProcessRunner());
-  const driver = new IptablesFirewallDriver(api, { netns, memberMatch, allowSameNetTraffic: false, runner });
+  const driver = makeDriver(api, runner, true);
   const P = host.ports.length;
   const phases: Record<string, unknown> = {};
   const counts: Record<string, KernelCounts> = {};
   const checks: Record<string, unknown> = {};
   const result: Record<string, unknown> = {
     side: 'virtfw',
-    member_match: memberMatch,
+    driver: driverKind,
+    member_match: driverKind === 'nftables' ? 'nft named sets' : memberMatch,
     ports: P,
     netns,
     workload: host.summary,
-    options: { netns, memberMatch, allowSameNetTraffic: false, others: 'defaults' },
+    options: driverOptions,
     phases,
     counts,
     checks,
@@ -319,6 +419,8 @@ async function measuredRun(): Promise<Record<string, unknown>> {
     counts.after_prepare = kernelCounts();
     checks.filtered_instances = driver.status().filter((s) => s.filtered).length;
     checks.driver_rule_counts = driver.ruleCounts();
+    checks.prepare_all_apply_stats = driver.lastApplyStats ? { ...driver.lastApplyStats } : null;
+    if (driver instanceof NftablesFirewallDriver) checks.conflicts_found = driver.conflicts;
 
     failedPhase = 'member_add';
     const memberSamples: PhaseResult[] = [];
@@ -326,6 +428,7 @@ async function measuredRun(): Promise<Record<string, unknown>> {
       event.apply();
       const s = await timed('member_add', () => driver.refreshSecurityGroupMembers(event.groupId));
       s.input_lines_last_apply = driver.lastApplyStats?.inputLines ?? 0;
+      s.apply_stats = driver.lastApplyStats ? { ...driver.lastApplyStats } : null;
       memberSamples.push(s);
     }
     phases.member_add = { median_wall_s: round(median(memberSamples.map((s) => s.wall_s))), samples: memberSamples };
@@ -338,6 +441,7 @@ async function measuredRun(): Promise<Record<string, unknown>> {
       event.apply();
       const s = await timed('rule_add', () => driver.refreshSecurityGroupRules(event.groupId));
       s.input_lines_last_apply = driver.lastApplyStats?.inputLines ?? 0;
+      s.apply_stats = driver.lastApplyStats ? { ...driver.lastApplyStats } : null;
       ruleSamples.push(s);
     }
     phases.rule_add = { median_wall_s: round(median(ruleSamples.map((s) => s.wall_s))), samples: ruleSamples };
@@ -346,6 +450,7 @@ async function measuredRun(): Promise<Record<string, unknown>> {
     counts.after_changes = kernelCounts();
 
     failedPhase = 'remove_all';
+    checks.calls_outside_phases = runner.take('idle').length; // expected 0
     const removeAll = await timed('remove_all', async () => {
       driver.filterDeferApplyOn();
       for (const { instance, networkInfo } of host.ports) await driver.unfilterInstance(instance, networkInfo);
@@ -355,13 +460,20 @@ async function measuredRun(): Promise<Record<string, unknown>> {
     // after their rules are gone; timed on its own, as Neutron's harness does.
     const cleanup = await timed('conntrack_cleanup', () => driver.connectionCleanupDone());
     const conntrack = cleanup.subprocess.conntrack ?? { calls: 0, s: 0, busy_s: 0, input_lines: 0 };
+    // The first instance's cleanup commands start as remove_all's apply ends,
+    // before its clock stops (they are recorded under remove_all once they end,
+    // after that phase was summed) or between the phases: counted here; they
+    // overlap the start of the conntrack_cleanup window.
+    const between = [...runner.take('remove_all'), ...runner.take('idle')].filter((c) => c.key === 'conntrack').length;
     phases.remove_all = {
       ...removeAll,
       conntrack_s: cleanup.wall_s,
-      conntrack_calls: conntrack.calls,
+      conntrack_calls: conntrack.calls + between,
+      conntrack_calls_started_between_phases: between,
+      conntrack_cleanup: cleanup,
       excl_conntrack_s: removeAll.wall_s,
     };
-    log(`remove_all: ${removeAll.wall_s}s (conntrack ${conntrack.s}s, ${conntrack.calls} calls)`);
+    log(`remove_all: ${removeAll.wall_s}s; conntrack cleanup ${cleanup.wall_s}s wall (${conntrack.calls + between} calls)`);
     peakAfter.remove_all = peakRssKb().maxrss_kb;
     counts.after_remove = kernelCounts();
   } catch (err) {
@@ -393,8 +505,14 @@ async function toolsOnlyRun(): Promise<Record<string, unknown>> {
   const workload = readWorkload(workloadPath as string);
   const host = buildHost(workload);
   const fake = new FakeKernel();
-  const driver = new IptablesFirewallDriver(host.api, { memberMatch, allowSameNetTraffic: false, runner: fake });
-  const result: Record<string, unknown> = { side: 'virtfw-tools-only', member_match: memberMatch, ports: host.ports.length, netns };
+  const driver = makeDriver(host.api, fake, false);
+  const result: Record<string, unknown> = {
+    side: 'virtfw-tools-only',
+    driver: driverKind,
+    member_match: driverKind === 'nftables' ? 'nft named sets' : memberMatch,
+    ports: host.ports.length,
+    netns,
+  };
   try {
     driver.filterDeferApplyOn();
     for (const { instance, networkInfo } of host.ports) {
@@ -411,7 +529,7 @@ async function toolsOnlyRun(): Promise<Record<string, unknown>> {
     if (typeof value === 'string' && value.trim() !== '') inputs.set(key, value);
   }
   const notes: string[] = [];
-  if (memberMatch === 'ipset' && ![...inputs.keys()].some((k) => ORDER(k) === 0)) {
+  if (driverKind === 'iptables' && memberMatch === 'ipset' && ![...inputs.keys()].some((k) => ORDER(k) === 0)) {
     const scripts = fake.ipsetScripts.filter((s) => s.trim() !== '');
     if (scripts.length) {
       inputs.set('ipset (FakeKernel ipsetScripts)', scripts.join('\n'));
@@ -419,6 +537,14 @@ async function toolsOnlyRun(): Promise<Record<string, unknown>> {
     } else {
       notes.push('renderRuleset() has no ipset key and the driver ran no `ipset restore`: no ipset input to load');
     }
+  }
+  if (driverKind === 'nftables') {
+    // The tools-only input should be what the driver's own first apply wrote (one transaction).
+    const applied = fake.nftScripts.filter((t) => t.trim() !== '');
+    const lines = (t: string) => t.split('\n').filter((l) => l.trim() !== '').sort().join('\n');
+    result.driver_nft_transactions = applied.length;
+    result.same_as_driver_apply = applied.length === 1 && lines(applied[0] ?? '') === lines(inputs.get('nft') ?? '');
+    if (!result.same_as_driver_apply) notes.push(`renderRuleset().nft differs from the ${applied.length} nft -f input(s) the driver gave the FakeKernel in prepare_all`);
   }
   const real = new NetnsRunner(netns, new ProcessRunner());
   const tools: Record<string, { argv: string[]; s: number; input_lines: number; rc: number | null; stderr?: string }> = {};
