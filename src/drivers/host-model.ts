@@ -61,6 +61,11 @@ export class HostModel {
     });
   }
 
+  /** The instance that holds the device (through its filter or its anti-spoofing), if any. */
+  deviceOwner(devname: string): string | undefined {
+    return this.#deviceOwner.get(devname);
+  }
+
   usersOf(groupId: string): ReadonlySet<string> {
     return this.#users.get(groupId) ?? new Set();
   }

@@ -43,6 +43,8 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   #conflictsChecked = false;
   /** bridged VIF -> the mark its frames get (see render/bridge.ts) */
   readonly #marks = new Map<string, number>();
+  /** The values of #marks, to find a free one in constant time. */
+  readonly #usedMarks = new Set<number>();
   #nextMark = 1;
   /** what the start-up check found (empty when nothing conflicts) */
   conflicts: string[] = [];
@@ -88,6 +90,7 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     this.model.clear();
     this.#dispatch.clear();
     this.#marks.clear();
+    this.#usedMarks.clear();
     await this.nft.teardown(renderBridgeTableDelete(this.names));
     this.bridge.invalidate();
   }
@@ -116,13 +119,16 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     for (const vif of removed) {
       if (kept.has(vif.devname)) continue;
       this.bridge.removeVif(vif.devname);
+      const mark = this.#marks.get(vif.devname);
       this.#marks.delete(vif.devname);
+      if (mark !== undefined) this.#usedMarks.delete(mark);
     }
     for (const vif of added) this.bridge.setVif(bridgeVifOf(vif, this.#markOf(vif.devname)));
     // Instances on these devices dispatch by the new marks.
-    const devices = new Set([...removed, ...added].map((v) => v.devname));
-    for (const [id, view] of this.model.instances) {
-      if (view.instance.vifs.some((v) => devices.has(v.devname))) this.model.dirtyInstances.add(id);
+    for (const { devname } of [...removed, ...added]) {
+      const id = this.model.deviceOwner(devname);
+      const view = id === undefined ? undefined : this.model.instances.get(id);
+      if (id !== undefined && view?.instance.vifs.some((v) => v.devname === devname)) this.model.dirtyInstances.add(id);
     }
   }
 
@@ -130,12 +136,13 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   #markOf(devname: string): number {
     let mark = this.#marks.get(devname);
     if (mark === undefined) {
-      const used = new Set(this.#marks.values());
+      const used = this.#usedMarks;
       if (used.size >= VIF_MARK_MAX) throw new FirewallError('VIRTFW_ERR_CAPACITY', `more than ${VIF_MARK_MAX} bridged VIFs on one host`);
       while (used.has(this.#nextMark)) this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
       mark = this.#nextMark;
       this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
       this.#marks.set(devname, mark);
+      used.add(mark);
     }
     return mark;
   }
@@ -201,11 +208,10 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
 
   protected override async write(): Promise<void> {
     this.flush();
-    if (!this.#conflictsChecked) {
-      this.#conflictsChecked = true;
-      await this.#checkConflicts();
-    }
-    await this.ensureBridgeNetfilter();
+    // The first apply's look for other firewalls and the bridge sysctls are independent: side by side.
+    const firstCheck = this.#conflictsChecked ? undefined : this.#checkConflicts();
+    this.#conflictsChecked = true;
+    await Promise.all([firstCheck, this.ensureBridgeNetfilter()]);
     const bridge = this.bridge;
     const withBridge = this.options.bridgeFilter
       ? () => {
