@@ -84,6 +84,9 @@ export class FirewallDriver {
   // Beyond the seed: what the service needs to report on and repair a host.
   // Drivers without a kernel of their own keep these neutral defaults.
 
+  /** Releases what the driver keeps running (a helper process); the kernel keeps its rules. */
+  async close(): Promise<void> {}
+
   /** Per-instance filter state. */
   status(): InstanceStatus[] {
     return [];

@@ -55,6 +55,10 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     this.bridge = new BridgeFilter({ names: this.names, runner: this.runner, logger: this.log });
   }
 
+  override async close(): Promise<void> {
+    this.nft.close();
+  }
+
   override ruleCounts(): { inet: number; inetElements: number; bridge: number; bridgeElements: number } {
     const bridged = this.options.bridgeFilter && this.bridge.vifCount > 0;
     return {

@@ -2,7 +2,7 @@
  * Running kernel tools. Every tool is run with an argument array and no
  * shell; input goes through stdin. Tests and embedders swap the runner.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 
 export interface CommandResult {
   code: number | null;
@@ -18,12 +18,20 @@ export interface RunOptions {
 
 export interface CommandRunner {
   run(argv: readonly string[], options?: RunOptions): Promise<CommandResult>;
+  /** Starts a long-lived tool with piped stdio (optional: fake kernels have none). */
+  start?(argv: readonly string[]): ChildProcessWithoutNullStreams;
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
 
 /** Spawns the tool directly. Never rejects for a non-zero exit; rejects if it cannot start. */
 export class ProcessRunner implements CommandRunner {
+  start(argv: readonly string[]): ChildProcessWithoutNullStreams {
+    const [command, ...args] = argv;
+    if (!command) throw new Error('empty command');
+    return spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  }
+
   run(argv: readonly string[], options: RunOptions = {}): Promise<CommandResult> {
     const [command, ...args] = argv;
     if (!command) return Promise.reject(new Error('empty command'));
@@ -67,6 +75,15 @@ export class NetnsRunner implements CommandRunner {
   ) {}
 
   run(argv: readonly string[], options?: RunOptions): Promise<CommandResult> {
-    return this.inner.run(['nsenter', `--net=/run/netns/${this.netns}`, '--', ...argv], options);
+    return this.inner.run(this.#wrap(argv), options);
+  }
+
+  get start(): ((argv: readonly string[]) => ChildProcessWithoutNullStreams) | undefined {
+    const inner = this.inner;
+    return inner.start ? (argv) => (inner.start as NonNullable<CommandRunner['start']>)(this.#wrap(argv)) : undefined;
+  }
+
+  #wrap(argv: readonly string[]): string[] {
+    return ['nsenter', `--net=/run/netns/${this.netns}`, '--', ...argv];
   }
 }

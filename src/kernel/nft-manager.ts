@@ -17,6 +17,7 @@ import { chainHash } from '../render/restore.js';
 import type { CommandRunner } from './exec.js';
 import { toolReason } from './iptables-manager.js';
 import { Mutex } from '../util/mutex.js';
+import { NftSession, SESSION_MAX_LINE, SessionBrokenError } from './nft-session.js';
 
 export interface NftManagerOptions {
   /** the inet table's name */
@@ -26,6 +27,10 @@ export interface NftManagerOptions {
   logger?: Logger;
   /** map name -> nft type (`ipv4_addr : verdict`), declared with the table */
   maps: Readonly<Record<string, string>>;
+  /** element-only changes through a kept `nft -i` (default: when the runner can start one) */
+  session?: boolean;
+  /** how long the kept `nft -i` may take to answer before `nft -f` is used instead */
+  sessionTimeoutMs?: number;
 }
 
 interface Chain {
@@ -76,6 +81,8 @@ export class NftManager {
   readonly #dirtyMaps = new Set<string>();
   /** applies run one at a time; a failed one does not block the next */
   readonly #serial = new Mutex();
+  /** a kept `nft -i` for element-only transactions, when the runner can keep one */
+  readonly #session: NftSession | undefined;
   lastInput = '';
 
   constructor(options: NftManagerOptions) {
@@ -85,6 +92,12 @@ export class NftManager {
     this.#log = options.logger ?? silentLogger;
     this.#mapTypes = options.maps;
     for (const name of Object.keys(options.maps)) this.#maps.set(name, new Map());
+    if (options.session !== false && NftSession.supported(this.#runner)) this.#session = new NftSession(this.#runner, this.#nft, options.sessionTimeoutMs);
+  }
+
+  /** Ends the kept `nft -i`, if any (the kernel keeps its rules). */
+  close(): void {
+    this.#session?.close();
   }
 
   // ------------------------------------------------------------ desired state
@@ -213,6 +226,22 @@ export class NftManager {
     return lines;
   }
 
+  /** `written` moved on by what was dirty (what the transaction just wrote): the cost of the change, not of the table. */
+  #advance(written: Written): Written {
+    for (const name of this.#dirtyChains) {
+      const chain = this.#chains.get(name);
+      if (chain) written.chains.set(name, this.#hashOf(name, chain));
+      else written.chains.delete(name);
+    }
+    for (const name of this.#dirtySets) {
+      const set = this.#sets.get(name);
+      if (set) written.sets.set(name, set.elements);
+      else written.sets.delete(name);
+    }
+    for (const name of this.#dirtyMaps) written.maps.set(name, new Map(this.#maps.get(name)));
+    return written;
+  }
+
   #snapshot(): Written {
     const chains = new Map<string, string>();
     for (const [name, chain] of this.#chains) chains.set(name, this.#hashOf(name, chain));
@@ -240,17 +269,20 @@ export class NftManager {
       return stats;
     }
     try {
-      await this.#run(script);
+      const elementsOnly = written !== null && !plan?.script && lines.every((l) => l.startsWith('add element ') || l.startsWith('delete element '));
+      await (elementsOnly ? this.#runElements(lines, script) : this.#run(script));
     } catch (err) {
       this.#written = null;
       plan?.failed();
       throw err;
     }
-    this.#written = this.#snapshot();
+    this.#written = written ? this.#advance(written) : this.#snapshot();
     this.#dirtyChains.clear();
     this.#dirtySets.clear();
     this.#dirtyMaps.clear();
     plan?.committed();
+    // The next change is likely element changes: have the session ready.
+    this.#session?.warm();
     stats.transactions = 1;
     stats.inputLines = script.split('\n').length - 1;
     this.#log.debug({ table: this.table, ...stats }, 'nft transaction applied');
@@ -315,17 +347,38 @@ export class NftManager {
     return [...newObjects, ...elementDeletes, ...chainWrites, ...elementAdds, ...removals];
   }
 
+  /** Element changes, one line through the kept session; `nft -f` when there is none or it broke. */
+  async #runElements(lines: readonly string[], script: string): Promise<void> {
+    const line = lines.join('; ');
+    if (!this.#session || line.length > SESSION_MAX_LINE) return this.#run(script);
+    this.lastInput = script;
+    let result;
+    try {
+      result = await this.#session.run(line);
+    } catch (err) {
+      if (!(err instanceof SessionBrokenError)) throw err;
+      this.#log.warn({ err: err.message }, 'nft session broke; using nft -f');
+      // An add that already happened is harmless to repeat; a delete is not,
+      // and fails the apply, after which the next one replaces the table.
+      return this.#run(script);
+    }
+    if (!result.ok) this.#fail(`${this.#nft} -i`, null, result.stderr, script);
+  }
+
+  #fail(tool: string, exitCode: number | null, stderr: string, input: string): never {
+    const reason = toolReason(stderr) || `exit ${exitCode}`;
+    throw new ApplyError(`${tool} failed, previous ruleset kept (the whole transaction was refused): ${reason}`, {
+      tool,
+      exitCode,
+      stderr,
+      input,
+    });
+  }
+
   async #run(script: string): Promise<void> {
     this.lastInput = script;
     const result = await this.#runner.run([this.#nft, '-f', '-'], { input: script });
-    if (result.code === 0) return;
-    const reason = toolReason(result.stderr) || `exit ${result.code}`;
-    throw new ApplyError(`${this.#nft} failed, previous ruleset kept (the whole transaction was refused): ${reason}`, {
-      tool: this.#nft,
-      exitCode: result.code,
-      stderr: result.stderr,
-      input: script,
-    });
+    if (result.code !== 0) this.#fail(this.#nft, result.code, result.stderr, script);
   }
 
   /**

@@ -108,6 +108,7 @@ export async function startService(config: ServiceConfig, options: StartOptions 
         closing ??= (async () => {
           await api?.close();
           await agent?.stop();
+          await driver?.close();
           await store.close();
         })();
         return closing;
@@ -116,6 +117,7 @@ export async function startService(config: ServiceConfig, options: StartOptions 
   } catch (err) {
     await api?.close().catch(() => undefined);
     await agent?.stop().catch(() => undefined);
+    await driver?.close().catch(() => undefined);
     await store.close().catch(() => undefined);
     throw err;
   }

@@ -125,6 +125,7 @@ export class Lab {
   readonly api = new InMemoryVirtAPI();
   readonly vms = new Map<string, Vm>();
   readonly #listeners: Listener[] = [];
+  readonly #drivers: KernelDriver[] = [];
 
   private constructor(readonly topo: Topology) {}
 
@@ -173,7 +174,9 @@ export class Lab {
   driver(kind: DriverKind, options?: DriverOptions): KernelDriver;
   driver(kind: DriverKind = 'iptables', options: DriverOptions = {}): KernelDriver {
     const opts: DriverOptions = { netns: this.topo.hostNs, allowSameNetTraffic: false, ...options };
-    return kind === 'nftables' ? new NftablesFirewallDriver(this.api, opts) : new IptablesFirewallDriver(this.api, opts);
+    const driver = kind === 'nftables' ? new NftablesFirewallDriver(this.api, opts) : new IptablesFirewallDriver(this.api, opts);
+    this.#drivers.push(driver);
+    return driver;
   }
 
   /** The compute manager's spawn sequence for each VM: basic filtering, then its chains. */
@@ -203,6 +206,7 @@ export class Lab {
 
   async destroy(): Promise<void> {
     await Promise.all(this.#listeners.splice(0).map((l) => l.stop()));
+    await Promise.all(this.#drivers.splice(0).map((d) => d.close()));
     await this.topo.destroy();
   }
 }

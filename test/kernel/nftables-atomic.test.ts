@@ -22,6 +22,8 @@ import { ApplyError } from '../../src/errors.js';
 import { NFT, nftNames } from '../../src/render/nftables.js';
 import { EGRESS_ALL, Lab, expectReach, nftElements, nftRuleset, tcp, type Vm } from '../helpers/fixtures.js';
 import { capture, sendFrames } from '../helpers/probe.js';
+import { ProcessRunner, type CommandRunner } from '../../src/kernel/exec.js';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 
 async function applyError(work: Promise<unknown>): Promise<ApplyError> {
   const err = await work.then(
@@ -239,5 +241,84 @@ describe.concurrent('NftablesFirewallDriver: a failed transaction', () => {
       ...both(9000, false, o, b, 'o→b (admin left)'),
       ...both(80, true, o, a, 'o→a (web)'),
     });
+  });
+
+  it('member changes go through one kept nft -i: a refused change keeps the ruleset and says why; a killed session is replaced', async ({ expect }) => {
+    const lab = await Lab.create();
+    labs.push(lab);
+    lab.api.putGroup({ id: 'out' }, EGRESS_ALL);
+    lab.api.putGroup({ id: 'db' }, []);
+    lab.api.putGroup({ id: 'web' }, [
+      { direction: 'ingress', protocol: 'tcp', portRangeMin: 22, portRangeMax: 22, remoteGroupId: 'db' },
+      { direction: 'ingress', ethertype: 'IPv6', protocol: 'tcp', portRangeMin: 22, portRangeMax: 22, remoteGroupId: 'db' },
+    ]);
+    const a = await lab.vm('a', 10, ['out', 'db']);
+    const b = await lab.vm('b', 11, ['out', 'web']);
+    const o = await lab.vm('o', 20);
+    await lab.serve(b);
+    // Every tool the driver runs or starts, and the processes it keeps.
+    const real = new ProcessRunner();
+    const ran: string[] = [];
+    const kept: ChildProcessWithoutNullStreams[] = [];
+    const runner: CommandRunner = {
+      run: (argv, opts) => {
+        ran.push(argv.slice(argv.indexOf('--') + 1).join(' '));
+        return real.run(argv, opts);
+      },
+      start: (argv) => {
+        const child = real.start(argv);
+        kept.push(child);
+        return child;
+      },
+    };
+    const driver = lab.driver('nftables', { runner });
+    await lab.filter(driver, a, b);
+    const set4 = nftNames.memberSet('db', 4);
+    expect(await nftElements(lab.topo, 'inet', 'virtfw', set4)).toEqual([a.ip4]);
+
+    // o joins db: set elements through the kept session, no nft -f.
+    lab.api.putInstance(o.instance, o.nwinfo, ['db']);
+    ran.length = 0;
+    await driver.refreshSecurityGroupMembers('db');
+    expect(ran).toEqual([]);
+    expect(kept).toHaveLength(1);
+    expect(driver.lastApplyStats).toMatchObject({ transactions: 1, chainsWritten: 0, elementChanges: 2 });
+    expect((await nftElements(lab.topo, 'inet', 'virtfw', set4)).sort()).toEqual([a.ip4, o.ip4].sort());
+    await expectReach({ 'o (db)→b tcp/22': [tcp(o, b.ip4, 22), true] });
+
+    // Someone deletes o's address from the set by hand; o leaving db then
+    // deletes an element that is not there: nft refuses the whole line.
+    await lab.hostMust(['nft', 'delete', 'element', 'inet', 'virtfw', set4, `{ ${o.ip4} }`]);
+    lab.api.putInstance(a.instance, a.nwinfo, ['out']);
+    lab.api.putInstance(o.instance, o.nwinfo, []);
+    const before = await nftRuleset(lab.topo);
+    const err = await applyError(driver.refreshSecurityGroupMembers('db'));
+    expect(err.details.tool).toBe('nft -i');
+    expect(err.message).toMatch(/No such file or directory/);
+    expect(String(err.details.input)).toContain(`delete element inet virtfw ${set4}`);
+    expect(await nftRuleset(lab.topo)).toEqual(before); // a's address is still in the set: nothing of the line happened
+    expect(await nftElements(lab.topo, 'inet', 'virtfw', set4)).toEqual([a.ip4]);
+    // The next apply rewrites the table whole (its picture of the kernel was stale) and converges.
+    expect.soft(await driver.resync()).toBeGreaterThan(0);
+    expect(await nftElements(lab.topo, 'inet', 'virtfw', set4)).toEqual([]);
+
+    // The kept process dies: the next change starts a new one (a session that breaks
+    // in the middle of a change hands it to nft -f: test/unit/nft-session.test.ts).
+    const first = kept[0] as ChildProcessWithoutNullStreams;
+    first.kill('SIGKILL');
+    await new Promise((resolve) => (first.exitCode === null && first.signalCode === null ? first.once('close', resolve) : resolve(null)));
+    lab.api.putInstance(o.instance, o.nwinfo, ['db']);
+    ran.length = 0;
+    await driver.refreshSecurityGroupMembers('db');
+    expect(await nftElements(lab.topo, 'inet', 'virtfw', set4)).toEqual([o.ip4]);
+    expect(kept).toHaveLength(2);
+    expect(ran.filter((c) => c.startsWith('nft -f'))).toEqual([]);
+    await expectReach({ 'o (db again)→b tcp/22': [tcp(o, b.ip4, 22), true], 'a (left db)→b tcp/22': [tcp(a, b.ip4, 22), false] });
+
+    // close() ends the kept process.
+    await driver.close();
+    const last = kept.at(-1) as ChildProcessWithoutNullStreams;
+    if (last.exitCode === null && last.signalCode === null) await new Promise((resolve) => last.once('close', resolve));
+    expect(last.exitCode !== null || last.signalCode !== null).toBe(true);
   });
 });
