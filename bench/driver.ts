@@ -4,12 +4,16 @@
  * Workload: 1,000 instances in 10 groups (100 members each); every group has
  * 10 rules, one of which names another group as its source. All instances are
  * prepared in one deferred apply; then one member joins a group that another
- * group's rule names, and refreshSecurityGroupMembers is timed.
+ * group's rule names, and refreshSecurityGroupMembers is timed (the median of
+ * MEMBER_EVENTS joins), then one rule is added to a group.
  *
- *   npm run bench -- --instances 1000 --member-match expand|ipset
+ *   npm run bench                     every variant, each in a child process of its own, as a table
+ *   npm run bench -- --variant iptables-ipset|iptables-expand|nftables [--instances N]   one, as JSON
  */
 import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { IptablesFirewallDriver } from '../src/drivers/iptables-driver.js';
+import { NftablesFirewallDriver } from '../src/drivers/nftables-driver.js';
 import type { MemberMatch } from '../src/render/iptables-rules.js';
 import type { NetworkInfo, SecurityGroupRule } from '../src/model/types.js';
 import { InMemoryVirtAPI } from '../src/virtapi/memory.js';
@@ -21,7 +25,18 @@ function arg(name: string, fallback: string): string {
 
 const INSTANCES = Number(arg('instances', '1000'));
 const GROUPS = 10;
-const memberMatch = arg('member-match', 'expand') as MemberMatch;
+const MEMBER_EVENTS = 5;
+const VARIANTS = ['iptables-ipset', 'iptables-expand', 'nftables'] as const;
+type Variant = (typeof VARIANTS)[number];
+const variant = arg('variant', '') as Variant | '';
+if (variant && !VARIANTS.includes(variant)) {
+  console.error(`--variant: ${JSON.stringify(variant)} is not one of ${VARIANTS.join(', ')}`);
+  process.exit(2);
+}
+if (!Number.isInteger(INSTANCES) || INSTANCES < 10) {
+  console.error('--instances: a whole number of at least 10');
+  process.exit(2);
+}
 
 function netinfo(i: number): NetworkInfo {
   const hi = Math.floor(i / 250);
@@ -56,24 +71,43 @@ function groupRules(g: number): SecurityGroupRule[] {
   ];
 }
 
-function countRules(ns: string): { v4: number; v6: number; bridge: number } {
+function countRules(ns: string): { v4: number; v6: number; inet: number; bridge: number } {
   const count = (argv: string[], re: RegExp) =>
     spawnSync('ip', ['netns', 'exec', ns, ...argv], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout.split('\n').filter((l) => re.test(l)).length;
+  // nft rules are the lines of a chain's body after its type/policy line; set and map bodies are elements, not rules.
+  const nftRules = (family: string) => {
+    const out = spawnSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', family, 'virtfw'], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout;
+    let inChain = false;
+    let n = 0;
+    for (const line of out.split('\n')) {
+      if (/^\tchain /.test(line)) inChain = true;
+      else if (/^\t(set|map) /.test(line)) inChain = false;
+      else if (inChain && /^\t\t(?!type )\S/.test(line)) n += 1;
+    }
+    return n;
+  };
   return {
     v4: count(['iptables-save'], /^-A /),
     v6: count(['ip6tables-save'], /^-A /),
-    bridge: count(['nft', 'list', 'table', 'bridge', 'virtfw'], /^\t\t(?!type )\S/),
+    inet: nftRules('inet'),
+    bridge: nftRules('bridge'),
   };
 }
 
-async function main(): Promise<void> {
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+
+async function one(v: Variant): Promise<void> {
   const ns = `vfwbench${process.pid}`;
   spawnSync('ip', ['netns', 'add', ns]);
   try {
     const api = new InMemoryVirtAPI();
     for (let g = 0; g < GROUPS; g++) api.putGroup({ id: `g${g}` }, groupRules(g));
     for (let i = 0; i < INSTANCES; i++) api.putInstance({ id: `i${i}` }, netinfo(i), [`g${i % GROUPS}`]);
-    const driver = new IptablesFirewallDriver(api, { netns: ns, memberMatch, allowSameNetTraffic: false });
+    const options = { netns: ns, allowSameNetTraffic: false };
+    const driver =
+      v === 'nftables'
+        ? new NftablesFirewallDriver(api, options)
+        : new IptablesFirewallDriver(api, { ...options, memberMatch: v.slice('iptables-'.length) as MemberMatch });
 
     const rss0 = process.memoryUsage().rss;
     let t = performance.now();
@@ -88,11 +122,15 @@ async function main(): Promise<void> {
     const prepareMs = performance.now() - t;
     const counts = countRules(ns);
 
-    // One new member of g1, which the rules of g0 name as their source.
-    api.putInstance({ id: 'extra' }, netinfo(INSTANCES + 5), ['g1']);
-    t = performance.now();
-    await driver.refreshSecurityGroupMembers('g1');
-    const memberMs = performance.now() - t;
+    // New members of g1, which the rules of g0 name as their source, one at a time.
+    const memberTimes: number[] = [];
+    for (let k = 0; k < MEMBER_EVENTS; k++) {
+      api.putInstance({ id: `extra${k}` }, netinfo(INSTANCES + 5 + k), ['g1']);
+      t = performance.now();
+      await driver.refreshSecurityGroupMembers('g1');
+      memberTimes.push(performance.now() - t);
+    }
+    const memberMs = median(memberTimes);
     const memberLines = driver.lastApplyStats?.inputLines ?? 0;
 
     t = performance.now();
@@ -100,18 +138,20 @@ async function main(): Promise<void> {
     await driver.refreshSecurityGroupRules('g3');
     const ruleMs = performance.now() - t;
 
-    const rssMb = Math.max(process.memoryUsage().rss, rss0) / 2 ** 20;
+    const rssMb = Math.max(process.resourceUsage().maxRSS * 1024, rss0) / 2 ** 20;
+    await driver.close();
     const result = {
+      variant: v,
       instances: INSTANCES,
       groups: GROUPS,
       rulesPerGroup: 10,
       membersPerGroup: INSTANCES / GROUPS,
-      memberMatch,
       prepareAllSeconds: +(prepareMs / 1000).toFixed(3),
       modelSeconds: +(modelMs / 1000).toFixed(3),
       kernelRules: counts,
       memberRefreshMs: +memberMs.toFixed(1),
-      memberRefreshRestoreLines: memberLines,
+      memberRefreshSamplesMs: memberTimes.map((x) => +x.toFixed(1)),
+      memberRefreshInputLines: memberLines,
       ruleRefreshMs: +ruleMs.toFixed(1),
       rssMb: +rssMb.toFixed(1),
     };
@@ -121,4 +161,36 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+/** Every variant in a child process of its own (fresh namespace, its own peak RSS), side by side. */
+function all(): void {
+  const self = fileURLToPath(import.meta.url);
+  const rows: Record<string, unknown>[] = [];
+  for (const v of VARIANTS) {
+    process.stderr.write(`bench: ${v}, ${INSTANCES} instances...\n`);
+    const child = spawnSync(process.execPath, [...process.execArgv, self, '--variant', v, '--instances', String(INSTANCES)], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    if (child.status !== 0) throw new Error(`${v} failed (exit ${child.status})`);
+    rows.push(JSON.parse(child.stdout) as Record<string, unknown>);
+  }
+  const cell = (r: Record<string, unknown>, k: string) => {
+    const v = r[k];
+    return typeof v === 'object' && v !== null ? Object.entries(v).map(([a, b]) => `${a} ${String(b)}`).join(', ') : String(v);
+  };
+  const keys: [string, string][] = [
+    ['prepareAllSeconds', `prepare ${INSTANCES} instances, one deferred apply (s)`],
+    ['modelSeconds', '… of which queuing the calls (s)'],
+    ['kernelRules', 'kernel rules after it'],
+    ['memberRefreshMs', `one member joins a source group (ms, median of ${MEMBER_EVENTS})`],
+    ['memberRefreshInputLines', '… its transaction, lines'],
+    ['ruleRefreshMs', 'one rule added to a group (ms)'],
+    ['rssMb', 'peak RSS (MB)'],
+  ];
+  console.log(`| figure | ${VARIANTS.join(' | ')} |`);
+  console.log(`|---|${VARIANTS.map(() => '---:').join('|')}|`);
+  for (const [k, label] of keys) console.log(`| ${label} | ${rows.map((r) => cell(r, k)).join(' | ')} |`);
+}
+
+if (variant) await one(variant);
+else all();
