@@ -183,7 +183,7 @@ function all(): void {
     ['modelSeconds', '… of which queuing the calls (s)'],
     ['kernelRules', 'kernel rules after it'],
     ['memberRefreshMs', `one member joins a source group (ms, median of ${MEMBER_EVENTS})`],
-    ['memberRefreshInputLines', '… its transaction, lines'],
+    ['memberRefreshInputLines', '… lines of iptables-restore or nft input (ipset restore not counted)'],
     ['ruleRefreshMs', 'one rule added to a group (ms)'],
     ['rssMb', 'peak RSS (MB)'],
   ];
