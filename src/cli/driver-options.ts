@@ -21,7 +21,7 @@ export interface DriverFlags {
 
 export function addDriverFlags(cmd: Command, defaults: { sameNet: boolean }): Command {
   return cmd
-    .option('--driver <name>', 'firewall driver: iptables, noop, or a module specifier (env VIRTFW_FIREWALL_DRIVER)')
+    .option('--driver <name>', 'firewall driver: iptables, nftables, noop, or a module specifier (env VIRTFW_FIREWALL_DRIVER)')
     .option('--netns <name>', 'apply rules inside this network namespace')
     .option('--prefix <prefix>', 'prefix of every chain and table virtfw owns', 'virtfw')
     .option('--no-ipv6', 'filter IPv4 only')

@@ -26,20 +26,35 @@ function deviceMentions(text: string, devices: readonly string[]): string[] {
   return found;
 }
 
+const IPTABLES: readonly (readonly [string, string[]])[] = [
+  ['iptables-legacy', ['iptables-legacy-save']],
+  ['ip6tables-legacy', ['ip6tables-legacy-save']],
+  ['iptables-nft', ['iptables-nft-save']],
+  ['ip6tables-nft', ['ip6tables-nft-save']],
+];
+
+/** Every place rules can live, as text (null: the tool is missing or failed). */
+export interface ForeignRulesets {
+  iptables: (string | null)[];
+  nft: string | null;
+}
+
+/** Reads every listing at once: they are independent reads. */
+export async function readRulesets(runner: CommandRunner): Promise<ForeignRulesets> {
+  const [iptables, nft] = await Promise.all([Promise.all(IPTABLES.map(([, argv]) => read(runner, argv))), read(runner, ['nft', 'list', 'ruleset'])]);
+  return { iptables, nft };
+}
+
 export async function detectConflicts(runner: CommandRunner, names: Names, devices: readonly string[]): Promise<string[]> {
+  return findConflicts(await readRulesets(runner), names, devices);
+}
+
+/** What in `rulesets` filters `devices` besides us, in plain words. */
+export function findConflicts(rulesets: ForeignRulesets, names: Names, devices: readonly string[]): string[] {
   const findings: string[] = [];
-  const iptables: [string, string[]][] = [
-    ['iptables-legacy', ['iptables-legacy-save']],
-    ['ip6tables-legacy', ['ip6tables-legacy-save']],
-    ['iptables-nft', ['iptables-nft-save']],
-    ['ip6tables-nft', ['ip6tables-nft-save']],
-  ];
-  // Every listing at once: they are independent reads.
-  const [texts, ruleset] = await Promise.all([
-    Promise.all(iptables.map(([, argv]) => read(runner, argv))),
-    read(runner, ['nft', 'list', 'ruleset']),
-  ]);
-  for (const [i, [label]] of iptables.entries()) {
+  const texts = rulesets.iptables;
+  const ruleset = rulesets.nft;
+  for (const [i, [label]] of IPTABLES.entries()) {
     const text = texts[i];
     if (!text) continue;
     if (new RegExp(`^:${names.prefix}-`, 'm').test(text)) {

@@ -28,7 +28,7 @@ import {
   renderNftInstanceChains,
 } from '../render/nftables.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
-import { detectConflicts } from './conflicts.js';
+import { findConflicts, readRulesets, type ForeignRulesets } from './conflicts.js';
 import { ModelFirewallDriver } from './model-driver.js';
 import type { DriverOptions } from './options.js';
 
@@ -41,6 +41,8 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   /** instance -> the dispatch elements last rendered for it (map -> key -> verdict) */
   readonly #dispatch = new Map<string, Map<string, Map<string, string>>>();
   #conflictsChecked = false;
+  /** the other firewalls' listings, read as the first batch starts (before the model grows) */
+  #prefetched: Promise<ForeignRulesets> | undefined;
   /** bridged VIF -> the mark its frames get (see render/bridge.ts) */
   readonly #marks = new Map<string, number>();
   /** The values of #marks, to find a free one in constant time. */
@@ -57,6 +59,15 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
 
   override async close(): Promise<void> {
     this.nft.close();
+  }
+
+  /**
+   * A batch is starting: the first one reads the other firewalls' listings
+   * meanwhile (independent of the batch), so its apply need not wait for them.
+   */
+  override filterDeferApplyOn(): void {
+    super.filterDeferApplyOn();
+    if (!this.#conflictsChecked && !this.#prefetched) this.#prefetched = readRulesets(this.runner);
   }
 
   override ruleCounts(): { inet: number; inetElements: number; bridge: number; bridgeElements: number } {
@@ -213,8 +224,9 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   protected override async write(): Promise<void> {
     this.flush();
     // The first apply's look for other firewalls and the bridge sysctls are independent: side by side.
-    const firstCheck = this.#conflictsChecked ? undefined : this.#checkConflicts();
+    const firstCheck = this.#conflictsChecked ? undefined : this.#checkConflicts(this.#prefetched);
     this.#conflictsChecked = true;
+    this.#prefetched = undefined;
     await Promise.all([firstCheck, this.ensureBridgeNetfilter()]);
     const bridge = this.bridge;
     const withBridge = this.options.bridgeFilter
@@ -230,8 +242,8 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
    * Looks for other firewalls on our devices (first apply, and every resync,
    * so devices added later are covered too); logs each new finding once.
    */
-  async #checkConflicts(): Promise<void> {
-    const found = await detectConflicts(this.runner, this.names, this.#devices());
+  async #checkConflicts(read: Promise<ForeignRulesets> = readRulesets(this.runner)): Promise<void> {
+    const found = findConflicts(await read, this.names, this.#devices());
     for (const conflict of found) {
       if (!this.conflicts.includes(conflict)) this.log.warn({ conflict }, 'another firewall filters the same devices');
     }
