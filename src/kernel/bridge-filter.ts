@@ -3,7 +3,8 @@
  * with the VIFs the driver wants filtered (see render/bridge.ts: one fixed
  * chain, per-VIF data in sets). One `nft -f` transaction per apply: the whole
  * table when its kernel state is unknown (first apply, after a failure, after
- * `invalidate()`), otherwise only the set elements that changed.
+ * `invalidate()`), otherwise only the set elements of the devices set or
+ * removed since (an apply costs the size of the change, not of the host).
  *
  * Ordering with iptables: a new VIF's anti-spoofing must be in force before
  * its iptables chains accept traffic, and a removed VIF's must stay until its
@@ -49,6 +50,8 @@ export class BridgeFilter {
   readonly #retiring = new Map<string, BridgeVif>();
   /** devname -> VIF as last written; null = unknown */
   #written: Map<string, BridgeVif> | null = null;
+  /** devices set or removed since they were last written: an apply looks at these only */
+  readonly #dirty = new Set<string>();
   #tableExists = false;
   /** applies run one at a time; a failed one does not block the next */
   readonly #serial = new Mutex();
@@ -64,6 +67,7 @@ export class BridgeFilter {
   setVif(vif: BridgeVif): void {
     this.#desired.set(vif.devname, vif);
     this.#retiring.delete(vif.devname);
+    this.#dirty.add(vif.devname);
   }
 
   removeVif(devname: string): void {
@@ -71,6 +75,7 @@ export class BridgeFilter {
     if (!vif) return;
     this.#desired.delete(devname);
     this.#retiring.set(devname, vif);
+    this.#dirty.add(devname);
   }
 
   hasVif(devname: string): boolean {
@@ -124,6 +129,7 @@ export class BridgeFilter {
   teardown(): Promise<void> {
     this.#desired.clear();
     this.#retiring.clear();
+    this.#dirty.clear();
     return this.#serial.run(async () => {
       await this.#run(renderBridgeTableDelete(this.#names));
       this.#written = new Map();
@@ -181,17 +187,38 @@ export class BridgeFilter {
    * caller that puts them into a transaction of its own (the nftables driver).
    */
   plan(removals: boolean): { script: string; committed: () => void } {
-    const target: Vifs = removals ? this.#desired : new Map([...this.#retiring, ...this.#desired]);
-    const script = this.#plan(target);
-    const snapshot = new Map(target);
+    // What each device should be after this apply: retiring VIFs stay until removals are written.
+    const want = (devname: string): BridgeVif | undefined => this.#desired.get(devname) ?? (removals ? undefined : this.#retiring.get(devname));
+    let script: string;
+    let planned: Map<string, BridgeVif | undefined>;
+    let whole: Map<string, BridgeVif> | null = null;
+    if (this.#written === null || !this.#tableExists) {
+      whole = removals ? new Map(this.#desired) : new Map([...this.#retiring, ...this.#desired]);
+      script = whole.size === 0 && this.#written !== null ? '' : renderBridgeTableReplace(this.#names, whole.values());
+      planned = new Map([...this.#dirty].map((devname) => [devname, want(devname)]));
+    } else {
+      planned = new Map([...this.#dirty].map((devname) => [devname, want(devname)]));
+      script = this.#plan(this.#written, planned);
+    }
     return {
       script,
       committed: () => {
-        if (script) {
-          this.#written = snapshot;
+        if (whole && script) {
+          this.#written = whole;
           this.#tableExists = true;
+        } else if (!whole && this.#written) {
+          for (const [devname, vif] of planned) {
+            if (vif) this.#written.set(devname, vif);
+            else this.#written.delete(devname);
+          }
         }
-        if (removals) this.#retiring.clear();
+        // Written as desired: clean. Still retiring (removals not written yet), or
+        // changed again since the plan: stays dirty.
+        for (const [devname, vif] of planned) {
+          if (want(devname) !== vif) continue;
+          if (removals || this.#desired.get(devname) === vif) this.#dirty.delete(devname);
+          if (removals) this.#retiring.delete(devname);
+        }
       },
     };
   }
@@ -208,45 +235,36 @@ export class BridgeFilter {
     return script ? 1 : 0;
   }
 
-  #plan(target: Vifs): string {
-    if (this.#written === null || !this.#tableExists) {
-      if (target.size === 0 && this.#written !== null) return '';
-      return renderBridgeTableReplace(this.#names, target.values());
-    }
+  /** The element changes that take `written` to `planned` (devname -> VIF, or undefined: gone). */
+  #plan(written: Vifs, planned: ReadonlyMap<string, BridgeVif | undefined>): string {
     const added = new Map<BridgeSet, string[]>();
     const removed = new Map<BridgeSet, string[]>();
     const marks = { added: [] as number[], removed: [] as number[] };
     const push = (into: Map<BridgeSet, string[]>, set: BridgeSet, items: string[]) => {
       if (items.length) into.set(set, [...(into.get(set) ?? []), ...items]);
     };
-    for (const [devname, vif] of target) {
-      const before = this.#written.get(devname);
-      if (before && sameVif(before, vif)) continue;
-      const now = bridgeElements(vif);
+    for (const [devname, vif] of planned) {
+      const before = written.get(devname);
+      if (!vif && !before) continue;
+      if (vif && before && sameVif(before, vif)) continue;
+      const now = vif ? bridgeElements(vif) : null;
       const was = before ? bridgeElements(before) : null;
       for (const set of BRIDGE_SET_NAMES) {
         const old = new Set(was?.[set] ?? []);
-        const next = new Set(now[set]);
+        const next = new Set(now?.[set] ?? []);
         push(removed, set, [...old].filter((e) => !next.has(e)));
         push(added, set, [...next].filter((e) => !old.has(e)));
       }
-      if (vif.mark !== before?.mark) {
-        if (vif.mark !== undefined) marks.added.push(vif.mark);
+      if (vif?.mark !== before?.mark) {
+        if (vif?.mark !== undefined) marks.added.push(vif.mark);
         if (before?.mark !== undefined) marks.removed.push(before.mark);
       }
-    }
-    for (const [devname, vif] of this.#written) {
-      if (target.has(devname)) continue;
-      const was = bridgeElements(vif);
-      for (const set of BRIDGE_SET_NAMES) push(removed, set, was[set]);
-      if (vif.mark !== undefined) marks.removed.push(vif.mark);
     }
     // A number given up by one VIF and taken by another in the same batch keeps its chain.
     const taken = new Set(marks.added);
     marks.removed = marks.removed.filter((n) => !taken.has(n));
     return renderBridgeElementUpdate(this.#names, added, removed, marks);
   }
-
 
   async #run(script: string): Promise<void> {
     this.lastInput = script;
