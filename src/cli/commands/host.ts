@@ -60,7 +60,11 @@ export function registerHostCommands(program: Command): void {
       progress(i + 1, 'rendering');
     }
     progress(instances.length, 'applying to the kernel');
-    await driver.filterDeferApplyOff();
+    try {
+      await driver.filterDeferApplyOff();
+    } finally {
+      await driver.close();
+    }
     progress(-1, '');
     const ms = Math.round(performance.now() - started);
     const status = driver.status();
