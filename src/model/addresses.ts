@@ -91,14 +91,18 @@ export function parseMac(text: unknown): string | null {
   return mac;
 }
 
-/** The IPv6 link-local address a kernel derives from a MAC (modified EUI-64). */
+/**
+ * The IPv6 link-local address a kernel derives from a MAC (modified EUI-64),
+ * in canonical text (RFC 5952). fe80:0:0:0 is followed by four groups of which
+ * only the first and the last can be zero, so the longest run of zero groups is
+ * always the one after fe80 (joined by the first group when that is zero too).
+ */
 export function linkLocalFromMac(mac: string): string {
   const b = mac.split(':').map((h) => parseInt(h, 16));
-  const bytes = [
-    0xfe, 0x80, 0, 0, 0, 0, 0, 0,
-    (b[0] ?? 0) ^ 0x02, b[1] ?? 0, b[2] ?? 0, 0xff, 0xfe, b[3] ?? 0, b[4] ?? 0, b[5] ?? 0,
-  ];
-  return ipaddr.fromByteArray(bytes).toString();
+  const byte = (i: number) => b[i] ?? 0;
+  const groups = [((byte(0) ^ 0x02) << 8) | byte(1), (byte(2) << 8) | 0xff, 0xfe00 | byte(3), (byte(4) << 8) | byte(5)];
+  const tail = groups[0] === 0 ? groups.slice(1) : groups;
+  return `fe80::${tail.map((g) => g.toString(16)).join(':')}`;
 }
 
 /** Address with its full-length prefix, as iptables and ipset print it. */

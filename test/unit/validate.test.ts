@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../../src/errors.js';
+import ipaddr from 'ipaddr.js';
 import { linkLocalFromMac, parseCidr } from '../../src/model/addresses.js';
 import { normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
 
@@ -172,6 +173,21 @@ describe('addresses', () => {
   it('derives the EUI-64 link-local address the kernel uses', () => {
     expect(linkLocalFromMac('fa:16:3e:00:00:0a')).toBe('fe80::f816:3eff:fe00:a');
     expect(linkLocalFromMac('02:00:00:00:00:01')).toBe('fe80::ff:fe00:1');
+    expect(linkLocalFromMac('02:00:00:00:00:00')).toBe('fe80::ff:fe00:0');
+    expect(linkLocalFromMac('00:00:00:00:00:00')).toBe('fe80::200:ff:fe00:0');
+  });
+
+  it('writes the link-local address as RFC 5952 does, for any MAC', () => {
+    // ipaddr.js's canonical text of the same bytes is the reference.
+    const macs = ['02:00:00:00:00:00', '02:00:00:12:34:56', 'fe:ff:ff:ff:ff:ff', '02:01:00:00:00:00', '00:00:ff:00:00:00'];
+    let seed = 7;
+    const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % 256;
+    for (let i = 0; i < 2000; i++) macs.push(Array.from({ length: 6 }, () => next().toString(16).padStart(2, '0')).join(':'));
+    for (const mac of macs) {
+      const b = mac.split(':').map((h) => parseInt(h, 16));
+      const bytes = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, (b[0] as number) ^ 2, b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]] as number[];
+      expect(linkLocalFromMac(mac), mac).toBe(ipaddr.fromByteArray(bytes).toString());
+    }
   });
 
   it('clears host bits and reads a bare address as a host route', () => {
