@@ -45,10 +45,6 @@ export async function readRulesets(runner: CommandRunner): Promise<ForeignRulese
   return { iptables, nft };
 }
 
-export async function detectConflicts(runner: CommandRunner, names: Names, devices: readonly string[]): Promise<string[]> {
-  return findConflicts(await readRulesets(runner), names, devices);
-}
-
 /** What in `rulesets` filters `devices` besides us, in plain words. */
 export function findConflicts(rulesets: ForeignRulesets, names: Names, devices: readonly string[]): string[] {
   const findings: string[] = [];

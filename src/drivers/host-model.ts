@@ -61,6 +61,11 @@ export class HostModel {
     });
   }
 
+  /** Every device an instance holds (through its filter or its anti-spoofing). */
+  devices(): string[] {
+    return [...this.#deviceOwner.keys()];
+  }
+
   /** The instance that holds the device (through its filter or its anti-spoofing), if any. */
   deviceOwner(devname: string): string | undefined {
     return this.#deviceOwner.get(devname);
@@ -73,6 +78,13 @@ export class HostModel {
   /** Groups whose rules name `groupId` as their remote group. */
   groupsNaming(groupId: string): ReadonlySet<string> {
     return this.#namedBy.get(groupId) ?? new Set();
+  }
+
+  /** Instances in a group whose rules name one of `groupIds` (whose rules follow those groups' members). */
+  usersNaming(groupIds: Iterable<string>): Set<string> {
+    const out = new Set<string>();
+    for (const groupId of groupIds) for (const g of this.groupsNaming(groupId)) for (const id of this.usersOf(g)) out.add(id);
+    return out;
   }
 
   /** Is the group used by a prepared instance? */

@@ -172,9 +172,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     const members = await this.#fetchMembers(groupId, true);
     if (!this.model.hasMembers(groupId)) return;
     this.#commit({ rules: new Map(), members: new Map([[groupId, members]]) });
-    const affected = new Set<string>();
-    for (const g of this.model.groupsNaming(groupId)) for (const id of this.model.usersOf(g)) affected.add(id);
-    await this.apply(affected);
+    await this.apply(this.model.usersNaming([groupId]));
   }
 
   override async refreshInstanceSecurityRules(instance: Instance): Promise<void> {
@@ -279,9 +277,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     const fetched = new Map<string, MemberAddresses>();
     for (const groupId of groups) fetched.set(groupId, await this.#fetchMembers(groupId, true));
     this.#commit({ rules: new Map(), members: fetched });
-    const affected = new Set<string>();
-    for (const groupId of groups) for (const g of this.model.groupsNaming(groupId)) for (const id of this.model.usersOf(g)) affected.add(id);
-    await this.apply(affected);
+    await this.apply(this.model.usersNaming(groups));
   }
 
   async #readRules(groupId: string): Promise<NormalizedRule[]> {

@@ -243,17 +243,10 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
    * so devices added later are covered too); logs each new finding once.
    */
   async #checkConflicts(read: Promise<ForeignRulesets> = readRulesets(this.runner)): Promise<void> {
-    const found = findConflicts(await read, this.names, this.#devices());
+    const found = findConflicts(await read, this.names, this.model.devices());
     for (const conflict of found) {
       if (!this.conflicts.includes(conflict)) this.log.warn({ conflict }, 'another firewall filters the same devices');
     }
     this.conflicts = found;
-  }
-
-  #devices(): string[] {
-    const out = new Set<string>();
-    for (const view of this.model.instances.values()) for (const vif of view.instance.vifs) out.add(vif.devname);
-    for (const vifs of this.model.basic.values()) for (const vif of vifs) out.add(vif.devname);
-    return [...out];
   }
 }

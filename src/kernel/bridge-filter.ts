@@ -189,15 +189,13 @@ export class BridgeFilter {
   plan(removals: boolean): { script: string; committed: () => void } {
     // What each device should be after this apply: retiring VIFs stay until removals are written.
     const want = (devname: string): BridgeVif | undefined => this.#desired.get(devname) ?? (removals ? undefined : this.#retiring.get(devname));
+    const planned = new Map([...this.#dirty].map((devname) => [devname, want(devname)]));
     let script: string;
-    let planned: Map<string, BridgeVif | undefined>;
     let whole: Map<string, BridgeVif> | null = null;
     if (this.#written === null || !this.#tableExists) {
       whole = removals ? new Map(this.#desired) : new Map([...this.#retiring, ...this.#desired]);
       script = whole.size === 0 && this.#written !== null ? '' : renderBridgeTableReplace(this.#names, whole.values());
-      planned = new Map([...this.#dirty].map((devname) => [devname, want(devname)]));
     } else {
-      planned = new Map([...this.#dirty].map((devname) => [devname, want(devname)]));
       script = this.#plan(this.#written, planned);
     }
     return {
