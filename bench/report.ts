@@ -20,7 +20,7 @@ export interface Metrics {
   bridge_set_elements?: number;
   /** virtfw nftables: rules in `table inet virtfw` (0 elsewhere) */
   inet_rules?: number;
-  /** virtfw nftables: rules in its per-instance chains (vm-in-*, vm-out-*, vm-spoof-*) */
+  /** virtfw nftables: rules in its instance chains (vm-in-*, vm-out-*, vm-spoof-*) */
   inet_instance_rules?: number;
   /** virtfw nftables: elements of its named sets (remote groups' member addresses) */
   inet_set_elements?: number;
@@ -81,7 +81,7 @@ export interface Issue6Growth {
   P: number;
   inet_rules?: number;
   inet_instance_rules?: number;
-  /** inet rules outside the per-instance chains: base chains and group chains */
+  /** inet rules outside the instance chains: base chains and group chains */
   inet_other_rules?: number;
   per_instance?: number;
   inet_set_elements?: number;
@@ -167,8 +167,8 @@ const ROWS: Row[] = [
   { label: 'rules_v6 (ip6tables-save -A, all tables)', kind: 'count', get: (m) => m.rules_v6 },
   { label: 'bridge_rules (nft table bridge virtfw)', kind: 'count', get: (m) => m.bridge_rules },
   { label: 'inet_rules (nft table inet virtfw, all chains)', kind: 'count', get: (m) => m.inet_rules, nftOnly: true },
-  { label: 'inet_instance_rules (its per-instance chains)', kind: 'count', get: (m) => m.inet_instance_rules, nftOnly: true },
-  { label: 'inet rules per instance (per-instance chains ÷ P)', kind: 'plain', get: perInstance, nftOnly: true },
+  { label: 'inet_instance_rules (its instance chains)', kind: 'count', get: (m) => m.inet_instance_rules, nftOnly: true },
+  { label: 'inet rules per instance (instance chains ÷ P)', kind: 'plain', get: perInstance, nftOnly: true },
   { label: 'kernel rules total (v4 + v6 + bridge + inet)', kind: 'count', get: (m) => totalRules(m) },
   { label: 'bridge_set_elements (nft named set/map elements)', kind: 'count', get: (m) => m.bridge_set_elements },
   { label: 'inet_set_elements (nft member sets)', kind: 'count', get: (m) => m.inet_set_elements, nftOnly: true },
@@ -461,7 +461,7 @@ export function evaluateIssue6(sizes: SizeResult[]): Issue6Targets {
   {
     const row = {
       target: 'rules per instance',
-      requirement: `inet rules in the per-instance chains ÷ P does not grow with P (every size ≤ ${PER_INSTANCE_TOLERANCE} × the smallest size's); base and group chains are not per instance`,
+      requirement: `inet rules in the instance chains ÷ P does not grow with P (every size ≤ ${PER_INSTANCE_TOLERANCE} × the smallest size's); base and group chains are not per instance`,
     };
     const known = growth.filter((g) => g.per_instance !== undefined);
     if (known.length < sizes.length || known.length === 0) {
@@ -498,7 +498,7 @@ export function issue6GrowthTable(t: Issue6Targets): string {
   const head = [
     'P',
     'inet rules (all)',
-    'in per-instance chains',
+    'in instance chains',
     'per instance',
     'other (base + group chains)',
     'member set elements',
@@ -539,7 +539,7 @@ export function issue6GrowthTable(t: Issue6Targets): string {
     const maxDev = Math.max(...pts.map((r) => Math.abs(r.inet_rules - (icept + slope * r.P))));
     out.push(
       '',
-      `Least-squares line through the inet rule totals: rules ≈ ${icept.toFixed(1)} + ${slope.toFixed(3)} × P (largest deviation ${maxDev.toFixed(1)} rules): linear in P, the slope being the rules per instance; the member sets' elements (remote groups' addresses) and the dispatch maps' elements (one per instance address or device) carry the rest of the growth, outside the rules.`,
+      `Least-squares line through the inet rule totals: rules ≈ ${icept.toFixed(1)} + ${slope.toFixed(3)} × P (largest deviation ${maxDev.toFixed(1)} rules): the slope is the rules each instance adds (0 when instances share their groups' chains); the member sets' elements (remote groups' addresses) and the dispatch maps' elements (one per instance address or device) carry the rest of the growth, outside the rules.`,
     );
   }
   return out.join('\n');
@@ -574,7 +574,7 @@ export function renderMarkdown(doc: CompareDocument): string {
     '',
     issue6Table(doc.targets_issue6),
     '',
-    'Growth with P (nftables driver, kernel counts after prepare_all, `nft -j list table inet|bridge virtfw`; per-instance chains are `vm-in-*`, `vm-out-*`, `vm-spoof-*`):',
+    'Growth with P (nftables driver, kernel counts after prepare_all, `nft -j list table inet|bridge virtfw`; instance chains are `vm-in-*`, `vm-out-*` (named by their rules: one pair per distinct list of groups, shared by the instances that have it) and `vm-spoof-*` (per instance with routed VIFs)):',
     '',
     issue6GrowthTable(doc.targets_issue6),
     '',

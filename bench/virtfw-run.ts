@@ -293,7 +293,7 @@ export interface NftTableCounts {
   /** rule objects, in every chain */
   rules: number;
   chains: number;
-  /** rules in the per-instance chains (inet: vm-in-*, vm-out-*, vm-spoof-*) */
+  /** rules in the instance chains (inet: vm-in-*, vm-out-* shared by instances with the same rules, vm-spoof-*) */
   instance_rules: number;
   instance_chains: number;
   sets: number;
@@ -317,7 +317,7 @@ export interface KernelCounts {
   ipset_members: number;
 }
 
-/** The nftables driver's per-instance chains (src/render/nftables.ts nftNames). */
+/** The nftables driver's instance chains (src/render/nftables.ts). */
 const INSTANCE_CHAIN_RE = '^vm-(in|out|spoof)-';
 
 /** Counts `nft -j` output (Debian's python3; only the counts enter this process). No single quotes: it goes in sh -c '...'. */

@@ -14,18 +14,18 @@ import { BridgeFilter } from '../kernel/bridge-filter.js';
 import { NftManager, type NftApplyStats } from '../kernel/nft-manager.js';
 import type { NormalizedVif } from '../model/types.js';
 import { FirewallError, ValidationError } from '../errors.js';
-import { VIF_MARK_MAX, bridgeVifOf, renderBridgeTableDelete } from '../render/bridge.js';
+import { VIF_MARK_MAX, bridgeVifOf, markText, renderBridgeTableDelete } from '../render/bridge.js';
 import { baseInputsOf } from '../render/iptables-rules.js';
 import {
   NFT,
   NFT_MAP_TYPES,
   nftDispatchElements,
   nftGroupHasRules,
-  nftInstanceChainNames,
   nftNames,
+  nftProfileChain,
   renderNftBaseChains,
   renderNftGroupChain,
-  renderNftInstanceChains,
+  renderNftInstanceRules,
 } from '../render/nftables.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
 import { findConflicts, readRulesets, type ForeignRulesets } from './conflicts.js';
@@ -33,6 +33,12 @@ import { ModelFirewallDriver } from './model-driver.js';
 import type { DriverOptions } from './options.js';
 
 const DIRECTIONS = ['ingress', 'egress'] as const;
+
+/** The chains an instance's packets are dispatched to (shared with instances whose rules are the same). */
+export interface InstanceChains {
+  ingress: string;
+  egress: string;
+}
 
 export class NftablesFirewallDriver extends ModelFirewallDriver {
   readonly nft: NftManager;
@@ -43,11 +49,17 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   #conflictsChecked = false;
   /** the other firewalls' listings, read as the first batch starts (before the model grows) */
   #prefetched: Promise<ForeignRulesets> | undefined;
-  /** bridged VIF -> the mark its frames get (see render/bridge.ts) */
+  /** instance -> its ingress and egress chains */
+  readonly #chainsOf = new Map<string, InstanceChains>();
+  /** ingress or egress chain -> how many instances use it (it exists while any does) */
+  readonly #users = new Map<string, number>();
+  /** ingress chain -> the mark number of frames bridged to its instances' VIFs (see render/bridge.ts) */
   readonly #marks = new Map<string, number>();
   /** The values of #marks, to find a free one in constant time. */
   readonly #usedMarks = new Set<number>();
   #nextMark = 1;
+  /** instance -> the bridged devices it gave its mark */
+  readonly #markedDevices = new Map<string, readonly string[]>();
   /** what the start-up check found (empty when nothing conflicts) */
   conflicts: string[] = [];
 
@@ -100,12 +112,20 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     return drift;
   }
 
+  /** The chains the instance's packets are dispatched to, as last rendered (shared by instances with the same rules). */
+  instanceChains(id: string): InstanceChains | undefined {
+    return this.#chainsOf.get(id);
+  }
+
   /** Removes both tables of ours in one transaction, and forgets all instances. */
   override async teardown(): Promise<void> {
     this.model.clear();
     this.#dispatch.clear();
+    this.#chainsOf.clear();
+    this.#users.clear();
     this.#marks.clear();
     this.#usedMarks.clear();
+    this.#markedDevices.clear();
     await this.nft.teardown(renderBridgeTableDelete(this.names));
     this.bridge.invalidate();
   }
@@ -131,15 +151,9 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
 
   protected override basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void {
     const kept = new Set(added.map((v) => v.devname));
-    for (const vif of removed) {
-      if (kept.has(vif.devname)) continue;
-      this.bridge.removeVif(vif.devname);
-      const mark = this.#marks.get(vif.devname);
-      this.#marks.delete(vif.devname);
-      if (mark !== undefined) this.#usedMarks.delete(mark);
-    }
-    for (const vif of added) this.bridge.setVif(bridgeVifOf(vif, this.#markOf(vif.devname)));
-    // Instances on these devices dispatch by the new marks.
+    for (const vif of removed) if (!kept.has(vif.devname)) this.bridge.removeVif(vif.devname);
+    for (const vif of added) this.bridge.setVif(bridgeVifOf(vif, this.#deviceMark(vif)));
+    // The instances on these devices give them their marks again (see flush).
     for (const { devname } of [...removed, ...added]) {
       const id = this.model.deviceOwner(devname);
       const view = id === undefined ? undefined : this.model.instances.get(id);
@@ -147,23 +161,56 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     }
   }
 
-  /** A mark number (1-65535) for a bridged VIF, unique on this host while the VIF is filtered. */
-  #markOf(devname: string): number {
-    let mark = this.#marks.get(devname);
-    if (mark === undefined) {
-      const used = this.#usedMarks;
-      if (used.size >= VIF_MARK_MAX) throw new FirewallError('VIRTFW_ERR_CAPACITY', `more than ${VIF_MARK_MAX} bridged VIFs on one host`);
-      while (used.has(this.#nextMark)) this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
-      mark = this.#nextMark;
-      this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
-      this.#marks.set(devname, mark);
-      used.add(mark);
-    }
+  /** The mark a bridged device's frames get now: its instance's ingress chain's (none while it has no instance filter). */
+  #deviceMark(vif: NormalizedVif): number | undefined {
+    if (vif.routed) return undefined;
+    const owner = this.model.deviceOwner(vif.devname);
+    const chains = owner === undefined ? undefined : this.#chainsOf.get(owner);
+    return chains && this.#marks.get(chains.ingress);
+  }
+
+  /** A mark number (1-65535) for an ingress chain, unique on this host while the chain exists. */
+  #newMark(): number {
+    const used = this.#usedMarks;
+    if (used.size >= VIF_MARK_MAX) throw new FirewallError('VIRTFW_ERR_CAPACITY', `more than ${VIF_MARK_MAX} distinct ingress rule sets on one host`);
+    while (used.has(this.#nextMark)) this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
+    const mark = this.#nextMark;
+    this.#nextMark = (this.#nextMark % VIF_MARK_MAX) + 1;
+    used.add(mark);
     return mark;
   }
 
+  /** One more instance uses the chain: the first one creates it (and, for ingress, its mark and mark dispatch). */
+  #take(name: string, rules: readonly string[], ingress: boolean): void {
+    const users = this.#users.get(name) ?? 0;
+    this.#users.set(name, users + 1);
+    if (users > 0) return;
+    this.nft.setChain(name, rules);
+    if (!ingress) return;
+    const mark = this.#newMark();
+    this.#marks.set(name, mark);
+    this.nft.setMapElement(NFT.maps.toMark, markText(mark), `jump ${name}`);
+  }
+
+  /** One instance fewer uses the chain: the last one removes it (with its mark). */
+  #release(name: string): void {
+    const users = (this.#users.get(name) ?? 1) - 1;
+    if (users > 0) {
+      this.#users.set(name, users);
+      return;
+    }
+    this.#users.delete(name);
+    this.nft.removeChain(name);
+    const mark = this.#marks.get(name);
+    if (mark === undefined) return;
+    this.#marks.delete(name);
+    this.#usedMarks.delete(mark);
+    this.nft.removeMapElement(NFT.maps.toMark, markText(mark));
+  }
+
   protected override inSync(id: string): boolean {
-    if (!this.nft.isInSync(nftNames.instanceIngress(id)) || !this.nft.isInSync(nftNames.instanceEgress(id))) return false;
+    const chains = this.#chainsOf.get(id);
+    if (!chains || !this.nft.isInSync(chains.ingress) || !this.nft.isInSync(chains.egress)) return false;
     return (this.model.basic.get(id) ?? []).every((vif) => this.bridge.isInSync(vif.devname));
   }
 
@@ -191,13 +238,27 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     model.dirtyGroups.clear();
     for (const id of model.dirtyInstances) {
       const view = model.instances.get(id);
-      const chains = view ? renderNftInstanceChains(view, groupRules, this.render) : new Map<string, string[]>();
-      for (const name of nftInstanceChainNames(id)) {
-        const rules = chains.get(name);
-        if (rules) this.nft.setChain(name, rules);
-        else this.nft.removeChain(name);
+      const rules = view && renderNftInstanceRules(view, groupRules, this.render);
+      const spoof = nftNames.instanceSpoof(id);
+      if (rules?.spoof) this.nft.setChain(spoof, rules.spoof);
+      else this.nft.removeChain(spoof);
+      const before = this.#chainsOf.get(id);
+      let now: InstanceChains | undefined;
+      if (view && rules) {
+        now = { ingress: nftProfileChain('ingress', rules.ingress), egress: nftProfileChain('egress', rules.egress) };
+        // Taken before the old ones are released: a chain the instance keeps is not removed meanwhile.
+        this.#take(now.ingress, rules.ingress, true);
+        this.#take(now.egress, rules.egress, false);
+        this.#chainsOf.set(id, now);
+      } else {
+        this.#chainsOf.delete(id);
       }
-      this.#setDispatch(id, view ? nftDispatchElements(view, this.#marks) : new Map());
+      if (before) {
+        this.#release(before.ingress);
+        this.#release(before.egress);
+      }
+      this.#setDispatch(id, view && now ? nftDispatchElements(view, now.ingress, now.egress) : new Map());
+      this.#markDevices(id, view?.instance.vifs.filter((v) => !v.routed).map((v) => v.devname) ?? [], now && this.#marks.get(now.ingress));
     }
     model.dirtyInstances.clear();
     if (model.dirtyBase) {
@@ -205,6 +266,14 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
       for (const [name, chain] of renderNftBaseChains(inputs, this.render, this.versions)) this.nft.setChain(name, chain.rules, chain.base);
       model.dirtyBase = false;
     }
+  }
+
+  /** Frames bridged to the instance's devices get the mark of its ingress chain; devices it no longer has lose theirs. */
+  #markDevices(id: string, devices: readonly string[], mark: number | undefined): void {
+    for (const devname of this.#markedDevices.get(id) ?? []) if (!devices.includes(devname)) this.bridge.setMark(devname, undefined);
+    for (const devname of devices) this.bridge.setMark(devname, mark);
+    if (devices.length) this.#markedDevices.set(id, devices);
+    else this.#markedDevices.delete(id);
   }
 
   /** Replaces an instance's dispatch map elements with `next`. */

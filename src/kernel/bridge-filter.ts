@@ -17,6 +17,7 @@ import {
   BRIDGE_RULES,
   BRIDGE_SET_NAMES,
   bridgeElements,
+  marksOf,
   renderBridgeElementUpdate,
   renderBridgeTableDelete,
   renderBridgeTableReplace,
@@ -50,6 +51,8 @@ export class BridgeFilter {
   readonly #retiring = new Map<string, BridgeVif>();
   /** devname -> VIF as last written; null = unknown */
   #written: Map<string, BridgeVif> | null = null;
+  /** mark number -> how many written VIFs have it (its `mark-<n>` chain exists while any does) */
+  #writtenMarks = new Map<number, number>();
   /** devices set or removed since they were last written: an apply looks at these only */
   readonly #dirty = new Set<string>();
   #tableExists = false;
@@ -78,6 +81,14 @@ export class BridgeFilter {
     this.#dirty.add(devname);
   }
 
+  /** Gives a filtered VIF another mark number (or none); nothing for a device not filtered. */
+  setMark(devname: string, mark: number | undefined): void {
+    const vif = this.#desired.get(devname);
+    if (!vif || vif.mark === mark) return;
+    const { mark: _old, ...rest } = vif;
+    this.setVif(mark === undefined ? rest : { ...rest, mark });
+  }
+
   hasVif(devname: string): boolean {
     return this.#desired.has(devname);
   }
@@ -93,11 +104,9 @@ export class BridgeFilter {
     return this.#desired.size;
   }
 
-  /** Rules of the table: fixed chains, and one per VIF with a mark number. */
+  /** Rules of the table: fixed chains, and one per mark number in use. */
   ruleCount(): number {
-    let marks = 0;
-    for (const vif of this.#desired.values()) if (vif.mark !== undefined) marks += 1;
-    return BRIDGE_RULES.length + 1 + marks;
+    return BRIDGE_RULES.length + 1 + marksOf(this.#desired.values()).size;
   }
 
   /** Set elements of the table. */
@@ -133,6 +142,7 @@ export class BridgeFilter {
     return this.#serial.run(async () => {
       await this.#run(renderBridgeTableDelete(this.#names));
       this.#written = new Map();
+      this.#writtenMarks = new Map();
       this.#tableExists = false;
     });
   }
@@ -192,22 +202,29 @@ export class BridgeFilter {
     const planned = new Map([...this.#dirty].map((devname) => [devname, want(devname)]));
     let script: string;
     let whole: Map<string, BridgeVif> | null = null;
+    let markDelta = new Map<number, number>();
     if (this.#written === null || !this.#tableExists) {
       whole = removals ? new Map(this.#desired) : new Map([...this.#retiring, ...this.#desired]);
       script = whole.size === 0 && this.#written !== null ? '' : renderBridgeTableReplace(this.#names, whole.values());
     } else {
-      script = this.#plan(this.#written, planned);
+      ({ script, markDelta } = this.#plan(this.#written, planned));
     }
     return {
       script,
       committed: () => {
         if (whole && script) {
           this.#written = whole;
+          this.#writtenMarks = countMarks(whole.values());
           this.#tableExists = true;
         } else if (!whole && this.#written) {
           for (const [devname, vif] of planned) {
             if (vif) this.#written.set(devname, vif);
             else this.#written.delete(devname);
+          }
+          for (const [mark, delta] of markDelta) {
+            const n = (this.#writtenMarks.get(mark) ?? 0) + delta;
+            if (n > 0) this.#writtenMarks.set(mark, n);
+            else this.#writtenMarks.delete(mark);
           }
         }
         // Written as desired: clean. Still retiring (removals not written yet), or
@@ -233,11 +250,17 @@ export class BridgeFilter {
     return script ? 1 : 0;
   }
 
-  /** The element changes that take `written` to `planned` (devname -> VIF, or undefined: gone). */
-  #plan(written: Vifs, planned: ReadonlyMap<string, BridgeVif | undefined>): string {
+  /**
+   * The element changes that take `written` to `planned` (devname -> VIF, or
+   * undefined: gone), and how many VIFs each mark number gains or loses.
+   */
+  #plan(written: Vifs, planned: ReadonlyMap<string, BridgeVif | undefined>): { script: string; markDelta: Map<number, number> } {
     const added = new Map<BridgeSet, string[]>();
     const removed = new Map<BridgeSet, string[]>();
-    const marks = { added: [] as number[], removed: [] as number[] };
+    const markDelta = new Map<number, number>();
+    const count = (mark: number | undefined, by: number) => {
+      if (mark !== undefined) markDelta.set(mark, (markDelta.get(mark) ?? 0) + by);
+    };
     const push = (into: Map<BridgeSet, string[]>, set: BridgeSet, items: string[]) => {
       if (items.length) into.set(set, [...(into.get(set) ?? []), ...items]);
     };
@@ -254,14 +277,18 @@ export class BridgeFilter {
         push(added, set, [...next].filter((e) => !old.has(e)));
       }
       if (vif?.mark !== before?.mark) {
-        if (vif?.mark !== undefined) marks.added.push(vif.mark);
-        if (before?.mark !== undefined) marks.removed.push(before.mark);
+        count(vif?.mark, 1);
+        count(before?.mark, -1);
       }
     }
-    // A number given up by one VIF and taken by another in the same batch keeps its chain.
-    const taken = new Set(marks.added);
-    marks.removed = marks.removed.filter((n) => !taken.has(n));
-    return renderBridgeElementUpdate(this.#names, added, removed, marks);
+    // A number's chain comes with its first VIF and goes with its last.
+    const marks = { added: [] as number[], removed: [] as number[] };
+    for (const [mark, delta] of markDelta) {
+      const was = this.#writtenMarks.get(mark) ?? 0;
+      if (was === 0 && delta > 0) marks.added.push(mark);
+      else if (was > 0 && was + delta <= 0) marks.removed.push(mark);
+    }
+    return { script: renderBridgeElementUpdate(this.#names, added, removed, marks), markDelta };
   }
 
   async #run(script: string): Promise<void> {
@@ -280,6 +307,12 @@ export class BridgeFilter {
     this.#tableExists = true;
     this.#log.debug({ lines: script.split('\n').length }, 'nft bridge filter applied');
   }
+}
+
+function countMarks(vifs: Iterable<BridgeVif>): Map<number, number> {
+  const counts = new Map<number, number>();
+  for (const vif of vifs) if (vif.mark !== undefined) counts.set(vif.mark, (counts.get(vif.mark) ?? 0) + 1);
+  return counts;
 }
 
 /** An element of `nft -j` output as the text render/bridge.ts writes it. */

@@ -42,9 +42,11 @@ const BRIDGE_MAPS: ReadonlySet<string> = new Set(['vif_mark']);
  * Forwarding to a VIF: before bridge netfilter hands the frame to the IP
  * hooks (priority 0), the bridge port it leaves by is known only here. A
  * driver that dispatches in the IP hooks by packet mark (the nftables driver)
- * gives each VIF a number n (1-65535); every frame (every copy of a flooded
- * one) bridged to that VIF gets n in the mark's upper 16 bits, through a
- * one-rule chain `mark-<n>` reached by a verdict map on the output port. The
+ * gives each VIF a number n (1-65535; VIFs whose frames meet the same ingress
+ * rules share one); every frame (every copy of a flooded one) bridged to that
+ * VIF gets n in the mark's upper 16 bits, through a one-rule chain `mark-<n>`
+ * (one per number, however many VIFs share it) reached by a verdict map on
+ * the output port. The
  * lower 16 bits (where kube-proxy, Docker and others keep theirs) are left as
  * they were. VIFs without a number (the iptables driver matches the port with
  * physdev) are left alone.
@@ -141,6 +143,13 @@ function elementLines(table: string, verb: 'add' | 'delete', elements: ReadonlyM
   return lines;
 }
 
+/** The distinct mark numbers of these VIFs (each has one `mark-<n>` chain). */
+export function marksOf(vifs: Iterable<BridgeVif>): Set<number> {
+  const marks = new Set<number>();
+  for (const vif of vifs) if (vif.mark !== undefined) marks.add(vif.mark);
+  return marks;
+}
+
 /** Collects the elements of many VIFs per set. */
 export function elementsOf(vifs: Iterable<BridgeVif>): Map<BridgeSet, string[]> {
   const out = new Map<BridgeSet, string[]>(BRIDGE_SET_NAMES.map((s) => [s, []]));
@@ -169,14 +178,15 @@ export function renderBridgeTableReplace(names: Names, vifs: Iterable<BridgeVif>
     `add rule bridge ${table} ${BRIDGE_FORWARD_CHAIN} oifname vmap @vif_mark`,
   );
   const all = [...vifs];
-  for (const vif of all) if (vif.mark !== undefined) lines.push(...markChainLines(table, vif.mark));
+  for (const mark of marksOf(all)) lines.push(...markChainLines(table, mark));
   lines.push(...elementLines(table, 'add', elementsOf(all)));
   return `${lines.join('\n')}\n`;
 }
 
 /**
  * One transaction that deletes and adds set elements (and the mark chains of
- * VIFs that come or go), on a table known to hold the `removed` ones.
+ * numbers that the first VIF takes or the last one gives up), on a table
+ * known to hold the `removed` ones.
  */
 export function renderBridgeElementUpdate(
   names: Names,

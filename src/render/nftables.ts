@@ -10,21 +10,24 @@
  *                                / oifname vmap @to-dev (routed taps)
  *   allowed:                     jump to-vm, accept  (egress allowed: the destination's ingress decides)
  *
- *   vm-out-<inst>: [vm-spoof-<inst>] out-base, [same net], sg-out-<group>..., fallback
- *   vm-in-<inst>:  in-base, [same net], sg-in-<group>..., fallback
+ *   vm-out-<hash>: [vm-spoof-<inst>] out-base, [same net], sg-out-<group>..., fallback
+ *   vm-in-<hash>:  in-base, [same net], sg-in-<group>..., fallback
  *
- * Dispatch is by verdict map, so a packet's path does not grow with the number
- * of instances. Bridged packets reach these IP hooks through bridge netfilter,
+ * An instance's ingress and egress chains are named by the hash of their
+ * rules, so instances with the same groups share them: a host has one pair
+ * per distinct list of groups (plus one anti-spoofing chain per instance with
+ * routed VIFs), not one per instance. Dispatch is by verdict map, so a
+ * packet's path does not grow with the number of instances. Bridged packets reach these IP hooks through bridge netfilter,
  * which shows the bridge, not the tap, as their device: the sender is found
  * by its source address (which the bridge table's anti-spoofing ties to one
  * VIF), the receiver by the packet mark the bridge table's forward hook gave
- * the frame for the port it leaves by. Routed taps are dispatched by device. Remote groups' members are named sets, so neither
+ * the frame for the port it leaves by (one mark per ingress chain). Routed taps are dispatched by device. Remote groups' members are named sets, so neither
  * their size nor the number of instances lengthens a rule.
  */
 import { linkLocalFromMac } from '../model/addresses.js';
 import { ICMP, ICMPV6 } from '../model/protocols.js';
 import type { Direction, IpVersion, NormalizedProviderRule, NormalizedRule, PortMatch, Protocol } from '../model/types.js';
-import { VIF_MARK_MASK, markText } from './bridge.js';
+import { VIF_MARK_MASK } from './bridge.js';
 import { shortHash } from './names.js';
 import { groupHasRules, type BaseInputs, type InstanceView, type RenderOptions } from './iptables-rules.js';
 
@@ -75,8 +78,6 @@ function hashOf(kind: 'instance' | 'group', id: string): string {
 }
 
 export const nftNames = {
-  instanceIngress: (id: string) => `vm-in-${hashOf('instance', id)}`,
-  instanceEgress: (id: string) => `vm-out-${hashOf('instance', id)}`,
   instanceSpoof: (id: string) => `vm-spoof-${hashOf('instance', id)}`,
   group: (id: string, direction: Direction) => `sg-${direction === 'ingress' ? 'in' : 'out'}-${hashOf('group', id)}`,
   memberSet: (id: string, version: IpVersion) => `members${version}-${hashOf('group', id)}`,
@@ -139,18 +140,32 @@ function needsSpoofChain(view: InstanceView, opts: RenderOptions): boolean {
   return view.instance.vifs.some((v) => v.routed || !opts.bridgeFilter);
 }
 
-/** The instance's chains (ingress, egress, and anti-spoofing for routed VIFs). */
-export function renderNftInstanceChains(
+/** The rules of an instance's ingress and egress chains, and of its anti-spoofing chain (routed VIFs). */
+export interface NftInstanceRules {
+  ingress: string[];
+  egress: string[];
+  /** the rules of `nftNames.instanceSpoof(id)`, which `egress` jumps to; absent when no VIF needs it */
+  spoof?: string[];
+}
+
+/**
+ * The rules of an instance's chains. The ingress and egress chains are named
+ * by their content (`nftProfileChain`): instances whose rules are the same
+ * (the same groups, in the same order) share them, so a host holds one pair
+ * per distinct set of groups, whatever the number of instances. Only the
+ * anti-spoofing chain, which names the instance's own addresses, is per instance.
+ */
+export function renderNftInstanceRules(
   view: InstanceView,
   groupRules: (groupId: string) => readonly NormalizedRule[] | undefined,
   opts: RenderOptions,
-): Map<string, string[]> {
+): NftInstanceRules {
   const id = view.instance.id;
-  const chains = new Map<string, string[]>();
   const ingress = [`jump ${NFT.ingressBase}`];
   const egress: string[] = [];
+  let spoof: string[] | undefined;
   if (needsSpoofChain(view, opts)) {
-    const spoof: string[] = [
+    spoof = [
       'ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 return',
       'ip6 saddr :: icmpv6 type { mld-listener-report, nd-neighbor-solicit, mld2-listener-report } return',
     ];
@@ -162,7 +177,6 @@ export function renderNftInstanceChains(
       spoof.push(`iifname "${vif.devname}" ether saddr ${vif.mac} ip6 saddr ${set(v6)} return`);
     }
     spoof.push('drop');
-    chains.set(nftNames.instanceSpoof(id), spoof);
     egress.push(`jump ${nftNames.instanceSpoof(id)}`);
   }
   egress.push(`jump ${NFT.egressBase}`);
@@ -181,26 +195,35 @@ export function renderNftInstanceChains(
   }
   ingress.push(`jump ${NFT.fallback}`);
   egress.push(`jump ${NFT.fallback}`);
-  chains.set(nftNames.instanceIngress(id), ingress);
-  chains.set(nftNames.instanceEgress(id), egress);
-  return chains;
+  return spoof ? { ingress, egress, spoof } : { ingress, egress };
 }
 
-export function nftInstanceChainNames(id: string): string[] {
-  return [nftNames.instanceIngress(id), nftNames.instanceEgress(id), nftNames.instanceSpoof(id)];
+const profileNames = new Map<string, string>();
+/**
+ * The name of the chain holding these rules for this direction:
+ * `vm-in-<hash>` / `vm-out-<hash>` of the rules themselves, so that equal
+ * rules share one chain.
+ */
+export function nftProfileChain(direction: Direction, rules: readonly string[]): string {
+  const key = `${direction}\n${rules.join('\n')}`;
+  let name = profileNames.get(key);
+  if (name === undefined) {
+    if (profileNames.size >= 100_000) profileNames.clear();
+    name = `vm-${direction === 'ingress' ? 'in' : 'out'}-${shortHash('chain', key)}`;
+    profileNames.set(key, name);
+  }
+  return name;
 }
 
 /**
- * Dispatch map elements of one instance: map -> (key -> verdict). `marks`
- * gives the packet mark the bridge table sets on frames bridged to each of
- * its VIFs (see render/bridge.ts): those frames are dispatched by mark, which
- * names the very port a frame leaves by, so broadcast and multicast copies
- * and frames for another address also meet the receiver's ingress rules.
+ * Dispatch map elements of one instance: map -> (key -> verdict), to its
+ * ingress and egress chains. Frames bridged to a VIF are dispatched by the
+ * packet mark the bridge table gives them, which is one per ingress chain
+ * (see the driver), not per instance: those elements are the driver's.
  */
-export function nftDispatchElements(view: InstanceView, marks: ReadonlyMap<string, number> = new Map()): Map<string, Map<string, string>> {
-  const id = view.instance.id;
-  const toIn = `jump ${nftNames.instanceIngress(id)}`;
-  const toOut = `jump ${nftNames.instanceEgress(id)}`;
+export function nftDispatchElements(view: InstanceView, ingressChain: string, egressChain: string): Map<string, Map<string, string>> {
+  const toIn = `jump ${ingressChain}`;
+  const toOut = `jump ${egressChain}`;
   const out = new Map<string, Map<string, string>>(Object.values(NFT.maps).map((m) => [m, new Map()]));
   for (const vif of view.instance.vifs) {
     if (vif.routed) {
@@ -208,8 +231,6 @@ export function nftDispatchElements(view: InstanceView, marks: ReadonlyMap<strin
       out.get(NFT.maps.toDev)?.set(`"${vif.devname}"`, toIn);
       continue;
     }
-    const mark = marks.get(vif.devname);
-    if (mark !== undefined) out.get(NFT.maps.toMark)?.set(markText(mark), toIn);
     for (const s of vif.subnets) {
       for (const a of s.ips) {
         out.get(s.version === 4 ? NFT.maps.from4 : NFT.maps.from6)?.set(a, toOut);

@@ -112,13 +112,27 @@ export const DRIVERS = ['iptables', 'nftables'] as const;
 export type DriverKind = (typeof DRIVERS)[number];
 export type KernelDriver = IptablesFirewallDriver | NftablesFirewallDriver;
 
-/** The driver's per-object chain names (same signatures for both drivers). */
+/**
+ * The driver's chain names for an instance and a group (same signatures for
+ * both drivers). The nftables driver names an instance's chains by their
+ * rules (instances with the same rules share them): ask it which they are now.
+ */
 export function chainNamesOf(driver: KernelDriver): {
   instanceIngress(id: string): string;
   instanceEgress(id: string): string;
   group(id: string, direction: 'ingress' | 'egress'): string;
 } {
-  return driver instanceof NftablesFirewallDriver ? nftNames : driver.names;
+  if (!(driver instanceof NftablesFirewallDriver)) return driver.names;
+  const chains = (id: string) => {
+    const found = driver.instanceChains(id);
+    if (!found) throw new Error(`instance ${id} has no chains in this driver`);
+    return found;
+  };
+  return {
+    instanceIngress: (id) => chains(id).ingress,
+    instanceEgress: (id) => chains(id).egress,
+    group: nftNames.group,
+  };
 }
 
 export class Lab {

@@ -25,8 +25,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { NftablesFirewallDriver } from '../../src/drivers/nftables-driver.js';
-import { nftNames } from '../../src/render/nftables.js';
-import { EGRESS_ALL, Lab, expectReach, nftRuleset, nftState, saveRules, tcp, withoutTables, type Vm } from '../helpers/fixtures.js';
+import { EGRESS_ALL, Lab, chainNamesOf, expectReach, nftRuleset, nftState, saveRules, tcp, withoutTables, type Vm } from '../helpers/fixtures.js';
 
 const OUR_TABLES = ['inet virtfw', 'bridge virtfw'];
 
@@ -239,7 +238,7 @@ describe('NftablesFirewallDriver beside iptables-nft, other nft tables and firew
 
   it('resync after drift rewrites our table whole and leaves the foreign objects unchanged', async () => {
     // Someone empties one of our chains by hand: b's ingress now falls through to accept.
-    await lab.hostMust(['nft', 'flush', 'chain', 'inet', 'virtfw', nftNames.instanceIngress('b')]);
+    await lab.hostMust(['nft', 'flush', 'chain', 'inet', 'virtfw', chainNamesOf(driver).instanceIngress('b')]);
     await expectReach({ 'o→b tcp/81 (our chain emptied by hand)': [tcp(o, b.ip4, 81), true] });
     expect(await driver.resync()).toBeGreaterThan(0);
     await expectForeignIntact('after resync');

@@ -8,7 +8,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { BridgeFilter } from '../../src/kernel/bridge-filter.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
 import { Names } from '../../src/render/names.js';
-import type { BridgeVif } from '../../src/render/bridge.js';
+import { BRIDGE_RULES, type BridgeVif } from '../../src/render/bridge.js';
 
 const vif = (n: number, ip4 = `10.0.0.${n}`): BridgeVif => ({
   devname: `tap${n}`,
@@ -77,5 +77,38 @@ describe('BridgeFilter', () => {
     expect(last()).toMatch(/add table bridge/);
     expect(last()).toMatch(/"tap60"/);
     expect(last()).toMatch(/"tap1"/);
+  });
+
+  it('writes one mark chain per number however many VIFs share it, and removes it with its last VIF', async () => {
+    bridge.setMark('tap1', 5);
+    bridge.setMark('tap2', 5);
+    bridge.setMark('tap999', 6); // not filtered: nothing
+    await bridge.apply();
+    let script = last();
+    expect(script.match(/add chain bridge virtfw mark-5\n/g)).toHaveLength(1);
+    expect(script).toContain('add element bridge virtfw vif_mark { "tap1" : jump mark-5, "tap2" : jump mark-5 }');
+    expect(script).not.toContain('mark-6');
+    expect(bridge.ruleCount()).toBe(BRIDGE_RULES.length + 2);
+
+    bridge.setMark('tap1', undefined);
+    await bridge.apply();
+    script = last();
+    expect(script).toContain('delete element bridge virtfw vif_mark { "tap1" : jump mark-5 }');
+    expect(script).not.toContain('chain bridge virtfw mark-5'); // tap2 still has it
+
+    bridge.removeVif('tap2');
+    bridge.setMark('tap3', 7);
+    await bridge.apply();
+    script = last();
+    expect(script).toContain('delete chain bridge virtfw mark-5');
+    expect(script).toContain('add chain bridge virtfw mark-7');
+    expect(script.indexOf('delete element bridge virtfw vif_mark')).toBeLessThan(script.indexOf('delete chain bridge virtfw mark-5'));
+
+    // A whole-table rewrite writes each number's chain once.
+    bridge.setMark('tap4', 7);
+    bridge.invalidate();
+    await bridge.apply();
+    expect(last().match(/add chain bridge virtfw mark-7\n/g)).toHaveLength(1);
+    expect(last()).not.toContain('mark-5');
   });
 });

@@ -66,14 +66,60 @@ describe('NftablesFirewallDriver (fake kernel)', () => {
   });
 
   it('removing an instance deletes its map elements before its chains, in one transaction', async () => {
+    const ingress = driver.instanceChains('w1')?.ingress;
     await driver.unfilterInstance(web, webNet);
     const script = last();
     const firstElementDelete = script.indexOf('delete element inet virtfw to-vm4');
-    const chainDelete = script.indexOf(`delete chain inet virtfw ${nftNames.instanceIngress('w1')}`);
+    const chainDelete = script.indexOf(`delete chain inet virtfw ${ingress}`);
     expect(firstElementDelete).toBeGreaterThanOrEqual(0);
     expect(chainDelete).toBeGreaterThan(firstElementDelete);
     expect(script).toContain('delete element bridge virtfw vifs { "tap10" }');
     expect(kernel.nftScripts.length).toBe(2);
+  });
+
+  it('instances with the same rules share their chains and mark; the last one to leave removes them', async () => {
+    const ingress = driver.instanceChains('w1')?.ingress as string;
+    const mark = /"tap10" : jump (mark-\d+)/.exec(kernel.nftScripts[0] ?? '')?.[1] as string;
+    expect(mark).toBeDefined();
+    const w2 = { id: 'w2' };
+    const w2Net = [vif(11)];
+    api.putInstance(w2, w2Net, ['web']);
+    await driver.setupBasicFiltering(w2, w2Net);
+    await driver.prepareInstanceFilter(w2, w2Net);
+    expect(driver.instanceChains('w2')).toEqual(driver.instanceChains('w1'));
+    let script = last();
+    expect(script).not.toContain('add chain');
+    expect(script).toContain(`add element inet virtfw to-vm4 { 10.0.0.11 : jump ${ingress} }`);
+    expect(script).toContain(`add element bridge virtfw vif_mark { "tap11" : jump ${mark} }`);
+
+    // w1 leaves: w2 still uses the chains and the mark.
+    await driver.unfilterInstance(web, webNet);
+    script = last();
+    expect(script).toContain('delete element inet virtfw to-vm4 { 10.0.0.10 }');
+    expect(script).not.toContain('delete chain');
+    expect(script).not.toContain('to-mark');
+
+    // w2 leaves: the chains, their mark dispatch and the bridge's mark chain go.
+    await driver.unfilterInstance(w2, w2Net);
+    script = last();
+    expect(script).toContain(`delete chain inet virtfw ${ingress}`);
+    expect(script).toMatch(/delete element inet virtfw to-mark \{ 0x[0-9a-f]{8} \}/);
+    expect(script).toContain(`delete chain bridge virtfw ${mark}`);
+  });
+
+  it('an instance whose rules change moves to the chains (and mark) of its new rules', async () => {
+    const before = driver.instanceChains('w1');
+    api.setInstanceGroups('w1', ['db']);
+    await driver.refreshInstanceSecurityRules(web);
+    expect(driver.instanceChains('w1')).toEqual(driver.instanceChains('d1'));
+    const script = last();
+    const dbMark = /"tap20" : jump (mark-\d+)/.exec(kernel.nftScripts[0] ?? '')?.[1] as string;
+    expect(script).toContain(`add element inet virtfw to-vm4 { 10.0.0.10 : jump ${driver.instanceChains('d1')?.ingress} }`);
+    expect(script).toContain(`add element bridge virtfw vif_mark { "tap10" : jump ${dbMark} }`);
+    // w1 was the only user of its old chains.
+    expect(script).toContain(`delete chain inet virtfw ${before?.ingress}`);
+    expect(script).toContain(`delete chain inet virtfw ${before?.egress}`);
+    expect(script).not.toContain('add chain');
   });
 
   it('a refused transaction keeps everything, says so with its text, and the next apply rewrites whole', async () => {
