@@ -281,8 +281,15 @@ export class NftManager {
     this.#dirtySets.clear();
     this.#dirtyMaps.clear();
     plan?.committed();
-    // The next change is likely element changes: have the session ready.
-    this.#session?.warm();
+    // The next change is likely element changes: have the session ready, and
+    // through its first command (nft's first ruleset cache fill, the first
+    // pass through this path), which costs a few ms more than the ones after
+    // it: a no-op transaction (the table exists), queued like an apply.
+    const session = this.#session;
+    if (session) {
+      session.warm();
+      if (session.fresh) void this.#serial.run(() => session.prime(`add table inet ${this.table}`));
+    }
     stats.transactions = 1;
     stats.inputLines = script.split('\n').length - 1;
     this.#log.debug({ table: this.table, ...stats }, 'nft transaction applied');

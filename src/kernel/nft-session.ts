@@ -31,6 +31,8 @@ export class NftSession {
   #stderr = '';
   #waiter: (() => void) | undefined;
   #seq = 0;
+  /** the running process has been given a transaction */
+  #used = false;
   #idle: NodeJS.Timeout | undefined;
   readonly #timeoutMs: number;
 
@@ -49,6 +51,7 @@ export class NftSession {
   async run(line: string): Promise<SessionResult> {
     if (line.includes('\n')) throw new Error('a session transaction is one line');
     const child = this.#ensure();
+    this.#used = true;
     const marker = `virtfw-sync-${++this.#seq}`;
     // nft echoes the rejected line and a line of carets under it.
     const echo = new RegExp(`(^|\\n)${marker}\\n[ ^~]*\\n`);
@@ -92,6 +95,25 @@ export class NftSession {
     }
   }
 
+  /** Is a process running that has not run a transaction yet? */
+  get fresh(): boolean {
+    return this.#child !== undefined && !this.#used;
+  }
+
+  /**
+   * Runs `line` only if the process is running and has not run anything yet
+   * (never starts one), and ignores its outcome: a warm-up, so that the next
+   * transaction does not pay for the process's first command.
+   */
+  async prime(line: string): Promise<void> {
+    if (!this.fresh) return;
+    try {
+      await this.run(line);
+    } catch {
+      // A broken session is found (and reported) by the transaction that needs it.
+    }
+  }
+
   /** Ends the process (it would end by itself when idle or with its parent). */
   close(): void {
     clearTimeout(this.#idle);
@@ -109,6 +131,7 @@ export class NftSession {
     const child = this.#runner.start?.(this.#argv);
     if (!child) throw new SessionBrokenError('this runner cannot keep a process');
     this.#child = child;
+    this.#used = false;
     child.stdout.resume();
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (d: string) => {

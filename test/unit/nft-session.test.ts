@@ -127,6 +127,34 @@ describe('NftManager with a kept session', () => {
     nft.close();
   });
 
+  it('warms a new session with one no-op transaction after an apply, queued before the next change', async () => {
+    const r = runner();
+    const written: string[] = [];
+    const recording: CommandRunner = {
+      run: r.run,
+      start: (argv) => {
+        const child = (r.start as NonNullable<CommandRunner['start']>)(argv);
+        const write = child.stdin.write.bind(child.stdin) as (chunk: string) => boolean;
+        (child.stdin as unknown as { write: (chunk: string) => boolean }).write = (chunk: string) => {
+          written.push(...chunk.split('\n').filter((l) => l && !l.startsWith('virtfw-sync-')));
+          return write(chunk);
+        };
+        return child;
+      },
+    };
+    const nft = new NftManager({ table: 'virtfw', runner: recording, maps });
+    nft.setSet('s', 'ipv4_addr', []);
+    await nft.apply();
+    nft.setSet('s', 'ipv4_addr', ['10.0.0.1']);
+    await nft.apply();
+    nft.setSet('s', 'ipv4_addr', ['10.0.0.1', '10.0.0.2']);
+    await nft.apply();
+    // The warm-up came first, once: the session was not new any more after it.
+    expect(written).toEqual(['add table inet virtfw', 'add element inet virtfw s { 10.0.0.1 }', 'add element inet virtfw s { 10.0.0.2 }']);
+    expect(r.ran).toHaveLength(1);
+    nft.close();
+  });
+
   it('never starts a session on a runner that cannot keep one', async () => {
     const r = runner();
     const plain: CommandRunner = { run: r.run };
