@@ -98,6 +98,12 @@ export function parseMac(text: unknown): string | null {
  * always the one after fe80 (joined by the first group when that is zero too).
  */
 export function linkLocalFromMac(mac: string): string {
+  return memo(linkLocalMemo, mac, () => computeLinkLocal(mac));
+}
+
+const linkLocalMemo = new Map<string, string>();
+
+function computeLinkLocal(mac: string): string {
   const b = mac.split(':').map((h) => parseInt(h, 16));
   const byte = (i: number) => b[i] ?? 0;
   const groups = [((byte(0) ^ 0x02) << 8) | byte(1), (byte(2) << 8) | 0xff, 0xfe00 | byte(3), (byte(4) << 8) | byte(5)];
