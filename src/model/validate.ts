@@ -197,8 +197,13 @@ export function memberAddresses(record: unknown, field: string): { 4: string[]; 
       if (!isRecord(subnet) || !Array.isArray(subnet.ips)) return;
       const cidr = parseCidr(subnet.cidr);
       subnet.ips.forEach((ip: unknown, j) => {
-        const ipField = `${field}.networkInfo[${i}].network.subnets[${k}].ips[${j}].address`;
-        const address = validateAddress(ipField, isRecord(ip) ? ip.address : undefined, cidr?.version);
+        const value = isRecord(ip) ? ip.address : undefined;
+        // The common case without building the field's name (a group can have thousands of members).
+        const parsed = parseAddress(value);
+        const address =
+          parsed && (cidr === null || parsed.version === cidr.version)
+            ? parsed.address
+            : validateAddress(`${field}.networkInfo[${i}].network.subnets[${k}].ips[${j}].address`, value, cidr?.version);
         const version = cidr?.version ?? (address.includes(':') ? 6 : 4);
         out[version].push(address);
       });
