@@ -183,11 +183,12 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   /** One more instance uses the chain: the first one creates it (and, for ingress, its mark and mark dispatch). */
   #take(name: string, rules: readonly string[], ingress: boolean): void {
     const users = this.#users.get(name) ?? 0;
+    // A full mark space refuses before anything is recorded.
+    const mark = users === 0 && ingress ? this.#newMark() : undefined;
     this.#users.set(name, users + 1);
     if (users > 0) return;
     this.nft.setChain(name, rules);
-    if (!ingress) return;
-    const mark = this.#newMark();
+    if (mark === undefined) return;
     this.#marks.set(name, mark);
     this.nft.setMapElement(NFT.maps.toMark, markText(mark), `jump ${name}`);
   }
