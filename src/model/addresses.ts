@@ -6,6 +6,7 @@
  */
 import ipaddr from 'ipaddr.js';
 import type { IpVersion } from './types.js';
+import { memo } from '../util/memo.js';
 
 export interface ParsedAddress {
   address: string;
@@ -24,18 +25,8 @@ export interface ParsedCidr {
  * over (every refresh re-reads members), and ipaddr.js is slow on the path
  * that rejects a form. The cache is bounded; it only ever holds results.
  */
-const MEMO_LIMIT = 100_000;
 const addressMemo = new Map<string, ParsedAddress | null>();
 const cidrMemo = new Map<string, ParsedCidr | null>();
-
-function memo<T>(cache: Map<string, T>, key: string, compute: () => T): T {
-  const hit = cache.get(key);
-  if (hit !== undefined || cache.has(key)) return hit as T;
-  if (cache.size >= MEMO_LIMIT) cache.clear();
-  const value = compute();
-  cache.set(key, value);
-  return value;
-}
 
 /** Canonical text of an IPv4 or IPv6 address, or null when it is not one. */
 export function parseAddress(text: unknown): ParsedAddress | null {

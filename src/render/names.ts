@@ -11,6 +11,7 @@
 import { createHash } from 'node:crypto';
 import { ValidationError } from '../errors.js';
 import type { Direction, IpVersion } from '../model/types.js';
+import { memo } from '../util/memo.js';
 
 export const DEFAULT_PREFIX = 'virtfw';
 export const PREFIX_RE = /^[a-z][a-z0-9]{0,11}$/;
@@ -42,6 +43,12 @@ export function shortHash(kind: string, id: string): string {
   return out;
 }
 
+const hashedIds = new Map<string, string>();
+/** `shortHash` of an instance or group id, memoised (names are asked for over and over). */
+export function hashedId(kind: 'instance' | 'group', id: string): string {
+  return memo(hashedIds, `${kind}:${id}`, () => shortHash(kind, id), 200_000);
+}
+
 /** All names derived from one prefix. */
 export class Names {
   readonly prefix: string;
@@ -66,7 +73,6 @@ export class Names {
   /** comment tag that marks a rule as ours: `<prefix>:<hash>` */
   readonly commentTag: string;
   /** per-object names, computed once (they are asked for on every render) */
-  readonly #cache = new Map<string, string>();
 
   constructor(prefix: string = DEFAULT_PREFIX) {
     this.prefix = validatePrefix(prefix);
@@ -87,37 +93,26 @@ export class Names {
     return chain.startsWith(`${this.prefix}-`);
   }
 
-  #hashed(kind: 'instance' | 'group', id: string): string {
-    const key = `${kind}:${id}`;
-    let h = this.#cache.get(key);
-    if (h === undefined) {
-      if (this.#cache.size >= 200_000) this.#cache.clear();
-      h = shortHash(kind, id);
-      this.#cache.set(key, h);
-    }
-    return h;
-  }
-
   instanceIngress(instanceId: string): string {
-    return `${this.prefix}-i${this.#hashed('instance', instanceId)}`;
+    return `${this.prefix}-i${hashedId('instance', instanceId)}`;
   }
 
   instanceEgress(instanceId: string): string {
-    return `${this.prefix}-o${this.#hashed('instance', instanceId)}`;
+    return `${this.prefix}-o${hashedId('instance', instanceId)}`;
   }
 
   /** IP/MAC anti-spoofing chain of an instance's routed VIFs. */
   instanceSpoof(instanceId: string): string {
-    return `${this.prefix}-s${this.#hashed('instance', instanceId)}`;
+    return `${this.prefix}-s${hashedId('instance', instanceId)}`;
   }
 
   group(groupId: string, direction: Direction): string {
-    return `${this.prefix}-g${direction === 'ingress' ? 'i' : 'e'}${this.#hashed('group', groupId)}`;
+    return `${this.prefix}-g${direction === 'ingress' ? 'i' : 'e'}${hashedId('group', groupId)}`;
   }
 
   /** ipset holding a group's member addresses of one family (31-character limit). */
   memberSet(groupId: string, version: IpVersion): string {
-    return `${this.prefix}-m${version}${this.#hashed('group', groupId)}`;
+    return `${this.prefix}-m${version}${hashedId('group', groupId)}`;
   }
 
   /** nftables bridge-family table holding the L2 anti-spoofing rules. */

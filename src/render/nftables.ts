@@ -28,7 +28,8 @@ import { linkLocalFromMac } from '../model/addresses.js';
 import { ICMP, ICMPV6 } from '../model/protocols.js';
 import type { Direction, IpVersion, NormalizedProviderRule, NormalizedRule, PortMatch, Protocol } from '../model/types.js';
 import { VIF_MARK_MASK } from './bridge.js';
-import { shortHash } from './names.js';
+import { memo } from '../util/memo.js';
+import { hashedId, shortHash } from './names.js';
 import { groupHasRules, type BaseInputs, type InstanceView, type RenderOptions } from './iptables-rules.js';
 
 /** Base chain priority: just before iptables-nft's (0), so our drops come first; see the README. */
@@ -65,22 +66,10 @@ export const NFT_MAP_TYPES: Readonly<Record<string, string>> = {
   [NFT.maps.toMark]: 'mark : verdict',
 };
 
-const hashes = new Map<string, string>();
-function hashOf(kind: 'instance' | 'group', id: string): string {
-  const key = `${kind}:${id}`;
-  let h = hashes.get(key);
-  if (h === undefined) {
-    if (hashes.size >= 200_000) hashes.clear();
-    h = shortHash(kind, id);
-    hashes.set(key, h);
-  }
-  return h;
-}
-
 export const nftNames = {
-  instanceSpoof: (id: string) => `vm-spoof-${hashOf('instance', id)}`,
-  group: (id: string, direction: Direction) => `sg-${direction === 'ingress' ? 'in' : 'out'}-${hashOf('group', id)}`,
-  memberSet: (id: string, version: IpVersion) => `members${version}-${hashOf('group', id)}`,
+  instanceSpoof: (id: string) => `vm-spoof-${hashedId('instance', id)}`,
+  group: (id: string, direction: Direction) => `sg-${direction === 'ingress' ? 'in' : 'out'}-${hashedId('group', id)}`,
+  memberSet: (id: string, version: IpVersion) => `members${version}-${hashedId('group', id)}`,
 };
 
 export interface NftChain {
@@ -206,13 +195,7 @@ const profileNames = new Map<string, string>();
  */
 export function nftProfileChain(direction: Direction, rules: readonly string[]): string {
   const key = `${direction}\n${rules.join('\n')}`;
-  let name = profileNames.get(key);
-  if (name === undefined) {
-    if (profileNames.size >= 100_000) profileNames.clear();
-    name = `vm-${direction === 'ingress' ? 'in' : 'out'}-${shortHash('chain', key)}`;
-    profileNames.set(key, name);
-  }
-  return name;
+  return memo(profileNames, key, () => `vm-${direction === 'ingress' ? 'in' : 'out'}-${shortHash('chain', key)}`);
 }
 
 /**
