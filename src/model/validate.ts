@@ -66,11 +66,13 @@ export function validateDevname(field: string, value: unknown): string {
   return value;
 }
 
-function validateAddress(field: string, value: unknown, version?: IpVersion): string {
+/** `field` may be given as a function, to build the name only for an error (hot paths). */
+function validateAddress(field: string | (() => string), value: unknown, version?: IpVersion): string {
   const parsed = parseAddress(value);
-  if (!parsed) throw new ValidationError(field, `${describe(value)} is not a valid IP address`);
+  const name = () => (typeof field === 'string' ? field : field());
+  if (!parsed) throw new ValidationError(name(), `${describe(value)} is not a valid IP address`);
   if (version !== undefined && parsed.version !== version) {
-    throw new ValidationError(field, `${describe(value)} is not an IPv${version} address`);
+    throw new ValidationError(name(), `${describe(value)} is not an IPv${version} address`);
   }
   return parsed.address;
 }
@@ -197,13 +199,9 @@ export function memberAddresses(record: unknown, field: string): { 4: string[]; 
       if (!isRecord(subnet) || !Array.isArray(subnet.ips)) return;
       const cidr = parseCidr(subnet.cidr);
       subnet.ips.forEach((ip: unknown, j) => {
-        const value = isRecord(ip) ? ip.address : undefined;
-        // The common case without building the field's name (a group can have thousands of members).
-        const parsed = parseAddress(value);
-        const address =
-          parsed && (cidr === null || parsed.version === cidr.version)
-            ? parsed.address
-            : validateAddress(`${field}.networkInfo[${i}].network.subnets[${k}].ips[${j}].address`, value, cidr?.version);
+        // The field's name is built only for an error (a group can have thousands of members).
+        const ipField = () => `${field}.networkInfo[${i}].network.subnets[${k}].ips[${j}].address`;
+        const address = validateAddress(ipField, isRecord(ip) ? ip.address : undefined, cidr?.version);
         const version = cidr?.version ?? (address.includes(':') ? 6 : 4);
         out[version].push(address);
       });
