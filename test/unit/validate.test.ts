@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../../src/errors.js';
 import ipaddr from 'ipaddr.js';
 import { linkLocalFromMac, parseCidr } from '../../src/model/addresses.js';
-import { normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
+import { memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
 
 function fieldOf(fn: () => unknown): string {
   try {
@@ -166,6 +166,34 @@ describe('instance and network info validation', () => {
         },
       ],
     });
+  });
+});
+
+describe('member addresses', () => {
+  const member = (address: string, cidr = '10.0.0.0/24') => ({
+    instance: { id: 'm1' },
+    networkInfo: [{ id: 'p', address: 'fa:16:3e:00:00:01', network: { subnets: [{ cidr, ips: [{ address }] }] } }],
+  });
+
+  it('gives the canonical addresses per family', () => {
+    expect(memberAddresses(member('10.0.0.7'), 'members[0]')).toEqual({ 4: ['10.0.0.7'], 6: [] });
+    expect(memberAddresses(member('2001:DB8::0:7', '2001:db8::/64'), 'members[0]')).toEqual({ 4: [], 6: ['2001:db8::7'] });
+  });
+
+  it.each([
+    ['not an address', '10.0.0'],
+    ['the other family', '2001:db8::7'],
+  ])('names the bad address: %s', (_label, address) => {
+    const err = (() => {
+      try {
+        memberAddresses(member(address), 'securityGroup g members[3]');
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    expect(err).toBeInstanceOf(ValidationError);
+    expect((err as ValidationError).field).toBe('securityGroup g members[3].networkInfo[0].network.subnets[0].ips[0].address');
   });
 });
 
