@@ -152,21 +152,13 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   protected override basicChanged(removed: readonly NormalizedVif[], added: readonly NormalizedVif[]): void {
     const kept = new Set(added.map((v) => v.devname));
     for (const vif of removed) if (!kept.has(vif.devname)) this.bridge.removeVif(vif.devname);
-    for (const vif of added) this.bridge.setVif(bridgeVifOf(vif, this.#deviceMark(vif)));
-    // The instances on these devices give them their marks again (see flush).
+    for (const vif of added) this.bridge.setVif(bridgeVifOf(vif));
+    // Marks come from the instances on these devices (see #markDevices, in flush).
     for (const { devname } of [...removed, ...added]) {
       const id = this.model.deviceOwner(devname);
       const view = id === undefined ? undefined : this.model.instances.get(id);
       if (id !== undefined && view?.instance.vifs.some((v) => v.devname === devname)) this.model.dirtyInstances.add(id);
     }
-  }
-
-  /** The mark a bridged device's frames get now: its instance's ingress chain's (none while it has no instance filter). */
-  #deviceMark(vif: NormalizedVif): number | undefined {
-    if (vif.routed) return undefined;
-    const owner = this.model.deviceOwner(vif.devname);
-    const chains = owner === undefined ? undefined : this.#chainsOf.get(owner);
-    return chains && this.#marks.get(chains.ingress);
   }
 
   /** A mark number (1-65535) for an ingress chain, unique on this host while the chain exists. */
