@@ -190,7 +190,6 @@ export class NftManager {
     });
   }
 
-
   #hashOf(name: string, chain: Chain): string {
     chain.hash ??= chainHash(`${name}\n${chain.base ?? ''}`, chain.rules);
     return chain.hash;

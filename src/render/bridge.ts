@@ -46,10 +46,9 @@ const BRIDGE_MAPS: ReadonlySet<string> = new Set(['vif_mark']);
  * rules share one); every frame (every copy of a flooded one) bridged to that
  * VIF gets n in the mark's upper 16 bits, through a one-rule chain `mark-<n>`
  * (one per number, however many VIFs share it) reached by a verdict map on
- * the output port. The
- * lower 16 bits (where kube-proxy, Docker and others keep theirs) are left as
- * they were. VIFs without a number (the iptables driver matches the port with
- * physdev) are left alone.
+ * the output port. The lower 16 bits (where kube-proxy, Docker and others
+ * keep theirs) are left as they were. VIFs without a number (the iptables
+ * driver matches the port with physdev) are left alone.
  */
 export const BRIDGE_FORWARD_CHAIN = 'forward-mark';
 export const BRIDGE_FORWARD_PRIORITY = -10;
@@ -99,7 +98,6 @@ export function bridgeVifOf(vif: NormalizedVif, mark?: number): BridgeVif {
     ...(mark === undefined ? {} : { mark }),
   };
 }
-
 
 /** The set elements one VIF contributes, as nft element text, per set. */
 export function bridgeElements(vif: BridgeVif): Record<BridgeSet, string[]> {

@@ -17,11 +17,14 @@
  * rules, so instances with the same groups share them: a host has one pair
  * per distinct list of groups (plus one anti-spoofing chain per instance with
  * routed VIFs), not one per instance. Dispatch is by verdict map, so a
- * packet's path does not grow with the number of instances. Bridged packets reach these IP hooks through bridge netfilter,
- * which shows the bridge, not the tap, as their device: the sender is found
- * by its source address (which the bridge table's anti-spoofing ties to one
- * VIF), the receiver by the packet mark the bridge table's forward hook gave
- * the frame for the port it leaves by (one mark per ingress chain). Routed taps are dispatched by device. Remote groups' members are named sets, so neither
+ * packet's path does not grow with the number of instances.
+ *
+ * Bridged packets reach these IP hooks through bridge netfilter, which shows
+ * the bridge, not the tap, as their device: the sender is found by its source
+ * address (which the bridge table's anti-spoofing ties to one VIF), the
+ * receiver by the packet mark the bridge table's forward hook gave the frame
+ * for the port it leaves by (one mark per ingress chain). Routed taps are
+ * dispatched by device. Remote groups' members are named sets, so neither
  * their size nor the number of instances lengthens a rule.
  */
 import { linkLocalFromMac } from '../model/addresses.js';
