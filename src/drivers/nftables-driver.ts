@@ -58,6 +58,8 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   /** The values of #marks, to find a free one in constant time. */
   readonly #usedMarks = new Set<number>();
   #nextMark = 1;
+  /** instances with an anti-spoofing chain of their own (routed taps) */
+  readonly #spoofing = new Set<string>();
   /** instance -> the bridged devices it gave its mark */
   readonly #markedDevices = new Map<string, readonly string[]>();
   /** what the start-up check found (empty when nothing conflicts) */
@@ -126,6 +128,7 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     this.#marks.clear();
     this.#usedMarks.clear();
     this.#markedDevices.clear();
+    this.#spoofing.clear();
     await this.nft.teardown(renderBridgeTableDelete(this.names));
     this.bridge.invalidate();
   }
@@ -232,9 +235,13 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
     for (const id of model.dirtyInstances) {
       const view = model.instances.get(id);
       const rules = view && renderNftInstanceRules(view, groupRules, this.render);
-      const spoof = nftNames.instanceSpoof(id);
-      if (rules?.spoof) this.nft.setChain(spoof, rules.spoof);
-      else this.nft.removeChain(spoof);
+      // Only instances with routed taps have an anti-spoofing chain (named by a hash of the id: computed only for them).
+      if (rules?.spoof) {
+        this.nft.setChain(nftNames.instanceSpoof(id), rules.spoof);
+        this.#spoofing.add(id);
+      } else if (this.#spoofing.delete(id)) {
+        this.nft.removeChain(nftNames.instanceSpoof(id));
+      }
       const before = this.#chainsOf.get(id);
       let now: InstanceChains | undefined;
       if (view && rules) {
@@ -284,12 +291,15 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   }
 
   protected override async write(): Promise<void> {
-    this.flush();
-    // The first apply's look for other firewalls and the bridge sysctls are independent: side by side.
+    // The first apply's look for other firewalls and the bridge sysctls are
+    // independent of the rendering: their tools run while it does.
     const firstCheck = this.#conflictsChecked ? undefined : this.#checkConflicts(this.#prefetched);
     this.#conflictsChecked = true;
     this.#prefetched = undefined;
-    await Promise.all([firstCheck, this.ensureBridgeNetfilter()]);
+    const ready = Promise.all([firstCheck, this.ensureBridgeNetfilter()]);
+    ready.catch(() => undefined); // awaited below
+    this.flush();
+    await ready;
     const bridge = this.bridge;
     const withBridge = this.options.bridgeFilter
       ? () => {

@@ -122,6 +122,22 @@ describe('NftablesFirewallDriver (fake kernel)', () => {
     expect(script).not.toContain('add chain');
   });
 
+  it('only an instance with a routed tap has an anti-spoofing chain of its own, removed with it', async () => {
+    expect(kernel.nftScripts[0]).not.toContain('vm-spoof-');
+    const r1 = { id: 'r1' };
+    const r1Net = [vif(30, { routed: true })];
+    api.putInstance(r1, r1Net, ['web']);
+    await driver.prepareInstanceFilter(r1, r1Net);
+    const spoof = nftNames.instanceSpoof('r1');
+    expect(last()).toContain(`add chain inet virtfw ${spoof}`);
+    expect(last()).not.toContain(nftNames.instanceSpoof('w1'));
+    await driver.unfilterInstance(r1, r1Net);
+    expect(last()).toContain(`delete chain inet virtfw ${spoof}`);
+    // Removing a bridged instance touches no anti-spoofing chain.
+    await driver.unfilterInstance(web, webNet);
+    expect(last()).not.toContain('vm-spoof-');
+  });
+
   it('a refused transaction keeps everything, says so with its text, and the next apply rewrites whole', async () => {
     api.addRule('web', { protocol: 'tcp', portRangeMin: 8443 });
     kernel.failNext('nft', 'Error: Could not process rule: No such file or directory');
