@@ -45,10 +45,27 @@ interface NamedSet {
   elements: ReadonlySet<string>;
 }
 
+/**
+ * What the kernel holds, as last written. Maps are not copied here: each map
+ * keeps, for the keys changed since the last transaction, the value the
+ * kernel holds (`#mapUndo`), so a change costs its own size, not the map's.
+ */
 interface Written {
   chains: Map<string, string>;
   sets: Map<string, ReadonlySet<string>>;
-  maps: Map<string, Map<string, string>>;
+}
+
+/** What is dirty, taken for one transaction: chain and set names, and per map the changed keys' values in the kernel. */
+interface Dirty {
+  chains: string[];
+  sets: string[];
+  maps: Map<string, Map<string, string | undefined>>;
+}
+
+/** What the kernel holds of the dirty chains (hash) and sets (elements) once a transaction commits; undefined: gone. */
+interface Outcome {
+  chains: Map<string, string | undefined>;
+  sets: Map<string, ReadonlySet<string> | undefined>;
 }
 
 export interface NftApplyStats {
@@ -78,7 +95,8 @@ export class NftManager {
   #written: Written | null = null;
   readonly #dirtyChains = new Set<string>();
   readonly #dirtySets = new Set<string>();
-  readonly #dirtyMaps = new Set<string>();
+  /** map -> key -> the key's value in the kernel before its first change since the last transaction (undefined: absent) */
+  readonly #mapUndo = new Map<string, Map<string, string | undefined>>();
   /** applies run one at a time; a failed one does not block the next */
   readonly #serial = new Mutex();
   /** a kept `nft -i` for element-only transactions, when the runner can keep one */
@@ -128,13 +146,24 @@ export class NftManager {
 
   setMapElement(map: string, key: string, verdict: string): void {
     const m = this.#map(map);
-    if (m.get(key) === verdict) return;
+    const current = m.get(key);
+    if (current === verdict) return;
+    this.#remember(map, key, current);
     m.set(key, verdict);
-    this.#dirtyMaps.add(map);
   }
 
   removeMapElement(map: string, key: string): void {
-    if (this.#map(map).delete(key)) this.#dirtyMaps.add(map);
+    const m = this.#map(map);
+    if (!m.has(key)) return;
+    this.#remember(map, key, m.get(key));
+    m.delete(key);
+  }
+
+  /** Notes the value a map element has in the kernel, before its first change since the last transaction. */
+  #remember(map: string, key: string, value: string | undefined): void {
+    let undo = this.#mapUndo.get(map);
+    if (!undo) this.#mapUndo.set(map, (undo = new Map()));
+    if (!undo.has(key)) undo.set(key, value);
   }
 
   #map(name: string): Map<string, string> {
@@ -184,6 +213,9 @@ export class NftManager {
     this.#chains.clear();
     this.#sets.clear();
     for (const m of this.#maps.values()) m.clear();
+    // Whatever happens to the removal, the next apply writes the table whole.
+    this.#written = null;
+    this.#mapUndo.clear();
     return this.#serial.run(async () => {
       await this.#run(`add table inet ${this.table}\ndelete table inet ${this.table}\n${extraScript}`);
       this.#written = null;
@@ -225,19 +257,40 @@ export class NftManager {
     return lines;
   }
 
-  /** `written` moved on by what was dirty (what the transaction just wrote): the cost of the change, not of the table. */
-  #advance(written: Written): Written {
-    for (const name of this.#dirtyChains) {
+  /**
+   * Takes what is dirty for the transaction about to be built: changes made
+   * while it runs stay dirty for the next one.
+   */
+  #takeDirty(): Dirty {
+    const dirty: Dirty = { chains: [...this.#dirtyChains].sort(), sets: [...this.#dirtySets].sort(), maps: new Map(this.#mapUndo) };
+    this.#dirtyChains.clear();
+    this.#dirtySets.clear();
+    this.#mapUndo.clear();
+    return dirty;
+  }
+
+  /** What the kernel will hold of the dirty chains and sets once the transaction commits (undefined: gone). */
+  #outcome(dirty: Dirty): Outcome {
+    const chains = new Map<string, string | undefined>();
+    for (const name of dirty.chains) {
       const chain = this.#chains.get(name);
-      if (chain) written.chains.set(name, this.#hashOf(name, chain));
-      else written.chains.delete(name);
+      chains.set(name, chain && this.#hashOf(name, chain));
     }
-    for (const name of this.#dirtySets) {
-      const set = this.#sets.get(name);
-      if (set) written.sets.set(name, set.elements);
-      else written.sets.delete(name);
+    const sets = new Map<string, ReadonlySet<string> | undefined>();
+    for (const name of dirty.sets) sets.set(name, this.#sets.get(name)?.elements);
+    return { chains, sets };
+  }
+
+  /** `written` moved on by a committed transaction's outcome: the cost of the change, not of the table. */
+  static #advance(written: Written, outcome: Outcome): Written {
+    for (const [name, hash] of outcome.chains) {
+      if (hash === undefined) written.chains.delete(name);
+      else written.chains.set(name, hash);
     }
-    for (const name of this.#dirtyMaps) written.maps.set(name, new Map(this.#maps.get(name)));
+    for (const [name, elements] of outcome.sets) {
+      if (elements === undefined) written.sets.delete(name);
+      else written.sets.set(name, elements);
+    }
     return written;
   }
 
@@ -246,20 +299,24 @@ export class NftManager {
     for (const [name, chain] of this.#chains) chains.set(name, this.#hashOf(name, chain));
     const sets = new Map<string, ReadonlySet<string>>();
     for (const [name, set] of this.#sets) sets.set(name, set.elements);
-    const maps = new Map<string, Map<string, string>>();
-    for (const [name, map] of this.#maps) maps.set(name, new Map(map));
-    return { chains, sets, maps };
+    return { chains, sets };
   }
 
   async #apply(extra?: () => ExtraPlan): Promise<NftApplyStats> {
     const stats: NftApplyStats = { transactions: 0, chainsWritten: 0, chainsDeleted: 0, elementChanges: 0, inputLines: 0 };
     const written = this.#written;
+    const dirty = this.#takeDirty();
     let lines: string[];
+    let commit: () => Written;
     if (!written) {
       lines = this.#fullScript();
       stats.chainsWritten = this.#chains.size;
+      const snapshot = this.#snapshot();
+      commit = () => snapshot;
     } else {
-      lines = this.#incremental(written, stats);
+      lines = this.#incremental(written, dirty, stats);
+      const outcome = this.#outcome(dirty);
+      commit = () => NftManager.#advance(written, outcome);
     }
     const plan = extra?.();
     const script = lines.join('\n') + (lines.length ? '\n' : '') + (plan?.script ?? '');
@@ -275,10 +332,7 @@ export class NftManager {
       plan?.failed();
       throw err;
     }
-    this.#written = written ? this.#advance(written) : this.#snapshot();
-    this.#dirtyChains.clear();
-    this.#dirtySets.clear();
-    this.#dirtyMaps.clear();
+    this.#written = commit();
     plan?.committed();
     // The next change is likely element changes: have the session ready, and
     // through its first command (nft's first ruleset cache fill, the first
@@ -296,14 +350,14 @@ export class NftManager {
   }
 
   /** The statements that turn `written` into the desired state, in an order the kernel accepts. */
-  #incremental(written: Written, stats: NftApplyStats): string[] {
+  #incremental(written: Written, dirty: Dirty, stats: NftApplyStats): string[] {
     const t = this.table;
     const newObjects: string[] = [];
     const elementDeletes: string[] = [];
     const chainWrites: string[] = [];
     const elementAdds: string[] = [];
     const removals: string[] = [];
-    for (const name of [...this.#dirtySets].sort()) {
+    for (const name of dirty.sets) {
       const set = this.#sets.get(name);
       const before = written.sets.get(name);
       if (!set) {
@@ -322,7 +376,7 @@ export class NftManager {
       elementAdds.push(...this.#elementLines('add', name, added));
       stats.elementChanges += gone.length + added.length;
     }
-    for (const name of [...this.#dirtyChains].sort()) {
+    for (const name of dirty.chains) {
       const chain = this.#chains.get(name);
       const before = written.chains.get(name);
       if (!chain) {
@@ -339,11 +393,17 @@ export class NftManager {
       chainWrites.push(...this.#ruleLines(name, chain));
       stats.chainsWritten += 1;
     }
-    for (const name of [...this.#dirtyMaps].sort()) {
+    for (const [name, undo] of [...dirty.maps].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
       const map = this.#maps.get(name) as Map<string, string>;
-      const before = written.maps.get(name) ?? new Map<string, string>();
-      const gone = [...before].filter(([k, v]) => map.get(k) !== v).map(([k]) => k);
-      const added = [...map].filter(([k, v]) => before.get(k) !== v).map(([k, v]) => `${k} : ${v}`);
+      const gone: string[] = [];
+      const added: string[] = [];
+      for (const [key, before] of undo) {
+        const now = map.get(key);
+        if (now === before) continue;
+        // A changed verdict is deleted and added again (nft refuses to add over an element).
+        if (before !== undefined) gone.push(key);
+        if (now !== undefined) added.push(`${key} : ${now}`);
+      }
       elementDeletes.push(...this.#elementLines('delete', name, gone));
       elementAdds.push(...this.#elementLines('add', name, added));
       stats.elementChanges += gone.length + added.length;

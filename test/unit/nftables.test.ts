@@ -5,6 +5,7 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { ApplyError } from '../../src/errors.js';
 import { NftablesFirewallDriver } from '../../src/drivers/nftables-driver.js';
+import type { CommandRunner } from '../../src/kernel/exec.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
 import { nftNames } from '../../src/render/nftables.js';
 import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
@@ -136,6 +137,41 @@ describe('NftablesFirewallDriver (fake kernel)', () => {
     // Removing a bridged instance touches no anti-spoofing chain.
     await driver.unfilterInstance(web, webNet);
     expect(last()).not.toContain('vm-spoof-');
+  });
+
+  it('a change made while a transaction runs is written by the next one', async () => {
+    // A runner whose next `nft -f` waits until the test lets it go.
+    let hold = false;
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    let held = false;
+    const gated: CommandRunner = {
+      run: async (argv, options) => {
+        if (hold && argv[0] === 'nft' && argv.includes('-f')) {
+          hold = false;
+          held = true;
+          await gate;
+        }
+        return kernel.run(argv, options);
+      },
+    };
+    const d = new NftablesFirewallDriver(api, { runner: gated, allowSameNetTraffic: false });
+    for (const [i, n] of [[web, webNet], [db, dbNet]] as const) {
+      await d.setupBasicFiltering(i, n);
+      await d.prepareInstanceFilter(i, n);
+    }
+    hold = true;
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 443 });
+    const ruleChange = d.refreshSecurityGroupRules('web');
+    while (!held) await new Promise((resolve) => setImmediate(resolve));
+    // While that transaction runs, a member joins a group the rules name.
+    api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
+    const memberChange = d.refreshSecurityGroupMembers('db');
+    release();
+    await Promise.all([ruleChange, memberChange]);
+    expect(last()).toContain(`add element inet virtfw ${nftNames.memberSet('db', 4)} { 10.0.0.21 }`);
+    expect(kernel.nftScripts.at(-2)).toContain('tcp dport 443 accept');
+    expect(kernel.nftScripts.at(-2)).not.toContain('10.0.0.21');
   });
 
   it('a refused transaction keeps everything, says so with its text, and the next apply rewrites whole', async () => {
