@@ -223,9 +223,10 @@ export function nftDispatchElements(view: InstanceView, ingressChain: string, eg
         out.get(s.version === 4 ? NFT.maps.to4 : NFT.maps.to6)?.set(a, toIn);
       }
     }
-    const lla = linkLocalFromMac(vif.mac);
-    out.get(NFT.maps.from6)?.set(lla, toOut);
-    out.get(NFT.maps.to6)?.set(lla, toIn);
+    // Its link-local source identifies its packets too. As a destination it
+    // needs no element: a link-local packet is never routed, and bridged
+    // ones reach the instance by mark (`to-mark`, before `to-vm6`).
+    out.get(NFT.maps.from6)?.set(linkLocalFromMac(vif.mac), toOut);
   }
   return out;
 }

@@ -194,6 +194,7 @@ describe('remote groups, provider rules, IPv6', () => {
           'a→b ping6 (icmpv6 type 128 rule)': [icmp(a, b.ip6), true],
           'a→b ping6 link-local': [icmp(a, `${b.lla}%eth0`), true],
           'a→c ping6 (no icmpv6 rule)': [icmp(a, c.ip6), false],
+          'a→c ping6 link-local (no icmpv6 rule)': [icmp(a, `${c.lla}%eth0`), false],
           'a→c tcp/80 v6': [tcp(a, c.ip6, 80), false],
           'o→b tcp/80 v6 (unfiltered sender)': [tcp(o, b.ip6, 80), true],
         });

@@ -136,10 +136,12 @@ describe('NftablesFirewallDriver: dispatch does not grow with instances or membe
     expect(at50).toEqual(at3);
     const total = (m: Map<string, number>) => [...m.values()].reduce((x, y) => x + y, 0);
     expect(driver.ruleCounts().inet).toBe(total(at50));
-    // The maps hold one element per address (and link-local address) of each
-    // instance; the mark map, one per ingress chain.
+    // The maps hold one element per address of each instance (and, to tell
+    // who sent a packet, per link-local address); the mark map, one per
+    // ingress chain.
     expect(await nftElements(lab.topo, 'inet', 'virtfw', NFT.maps.to4)).toHaveLength(50);
     expect(await nftElements(lab.topo, 'inet', 'virtfw', NFT.maps.from6)).toHaveLength(100);
+    expect(await nftElements(lab.topo, 'inet', 'virtfw', NFT.maps.to6)).toHaveLength(50);
     expect(await nftElements(lab.topo, 'inet', 'virtfw', NFT.maps.toMark)).toHaveLength(2);
     // The bridge table: one mark chain per ingress chain, one vif_mark element per VIF.
     const bridgeChains = [...(await nftChains(lab.topo, 'bridge', 'virtfw')).keys()];
