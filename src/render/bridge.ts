@@ -31,7 +31,6 @@ export const BRIDGE_PRIORITY = -200;
 export const BRIDGE_SETS = {
   vifs: 'ifname',
   vif_mac: 'ifname . ether_addr',
-  vif_arp: 'ifname . ipv4_addr',
   vif_ip4: 'ifname . ipv4_addr',
   vif_ip6: 'ifname . ipv6_addr',
   vif_mark: 'ifname : verdict',
@@ -105,7 +104,6 @@ export function bridgeElements(vif: BridgeVif): Record<BridgeSet, string[]> {
   return {
     vifs: [dev],
     vif_mac: [`${dev} . ${vif.mac}`],
-    vif_arp: [`${dev} . 0.0.0.0`, ...vif.ip4.map((a) => `${dev} . ${a}`)],
     vif_ip4: vif.ip4.map((a) => `${dev} . ${a}`),
     vif_ip6: vif.ip6.map((a) => `${dev} . ${a}`),
     vif_mark: vif.mark === undefined ? [] : [`${dev} : jump ${markChain(vif.mark)}`],
@@ -119,7 +117,8 @@ export const BRIDGE_RULES: readonly string[] = [
   'ether type != { ip, ip6, arp } drop',
   'iifname . ether saddr != @vif_mac drop',
   'ether type arp iifname . arp saddr ether != @vif_mac drop',
-  'ether type arp iifname . arp saddr ip != @vif_arp drop',
+  // An RFC 5227 probe (sender 0.0.0.0) passes; otherwise the sender is one of the VIF's IPv4 addresses.
+  'ether type arp arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @vif_ip4 drop',
   'ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept',
   'ether type ip iifname . ip saddr != @vif_ip4 drop',
   'ether type ip udp sport 67 drop',

@@ -162,6 +162,19 @@ describe('basic filtering (bridge table)', () => {
         expect(own).toBe(2);
         const learned = await c.exec(['ip', 'neigh', 'show', a.ip4, 'dev', 'eth0']);
         expect(learned.stdout).toContain(a.mac);
+        // An address conflict probe (RFC 5227: sender IP 0.0.0.0) passes, from its own MAC only.
+        const probes = await countAll({
+          'probe from its own MAC': () =>
+            arrivals(c, `arp and arp src host 0.0.0.0 and ${senderHw(a.mac)}`, a, { kind: 'arp-request', arpPsrc: '0.0.0.0', arpPdst: c.ip4 }),
+          'probe with a spoofed sender MAC': () =>
+            arrivals(c, `arp and arp src host 0.0.0.0 and ${senderHw(SPOOF_MAC)}`, a, {
+              kind: 'arp-request',
+              arpPsrc: '0.0.0.0',
+              arpHwsrc: SPOOF_MAC,
+              arpPdst: c.ip4,
+            }),
+        });
+        expect(probes).toEqual({ 'probe from its own MAC': 2, 'probe with a spoofed sender MAC': 0 });
       });
 
       it('802.1Q-tagged frames and non-IP ethertypes from an instance are dropped', async () => {
