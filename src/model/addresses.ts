@@ -27,17 +27,22 @@ export interface ParsedCidr {
  */
 const addressMemo = new Map<string, ParsedAddress | null>();
 const cidrMemo = new Map<string, ParsedCidr | null>();
+/** Dotted quad of decimal numbers without leading zeros (ipaddr.js checks each is at most 255). */
+const FOUR_PART_DECIMAL = /^(0|[1-9]\d{0,2})(\.(0|[1-9]\d{0,2})){3}$/;
 
 /** Canonical text of an IPv4 or IPv6 address, or null when it is not one. */
 export function parseAddress(text: unknown): ParsedAddress | null {
   if (typeof text !== 'string' || text.length > 45 || text.includes('%')) return null;
   return memo(addressMemo, text, () => {
-    // Decide the family by its separator first: ipaddr.js reports a wrong
-    // family by throwing, which is slow.
-    if (text.includes(':')) {
-      return ipaddr.IPv6.isValid(text) ? { address: ipaddr.IPv6.parse(text).toString(), version: 6 as const } : null;
+    // The family is decided by the separator, so ipaddr.js parses each
+    // address once (its isValid* checks parse it too) and throws only for
+    // text that is not an address at all.
+    try {
+      if (text.includes(':')) return { address: ipaddr.IPv6.parse(text).toString(), version: 6 as const };
+      return FOUR_PART_DECIMAL.test(text) ? { address: ipaddr.IPv4.parse(text).toString(), version: 4 as const } : null;
+    } catch {
+      return null;
     }
-    return ipaddr.IPv4.isValidFourPartDecimal(text) ? { address: ipaddr.IPv4.parse(text).toString(), version: 4 as const } : null;
   });
 }
 

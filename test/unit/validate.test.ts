@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../../src/errors.js';
 import ipaddr from 'ipaddr.js';
-import { linkLocalFromMac, parseCidr } from '../../src/model/addresses.js';
+import { linkLocalFromMac, parseAddress, parseCidr } from '../../src/model/addresses.js';
 import { memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
 
 function fieldOf(fn: () => unknown): string {
@@ -216,6 +216,21 @@ describe('addresses', () => {
       const bytes = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, (b[0] as number) ^ 2, b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]] as number[];
       expect(linkLocalFromMac(mac), mac).toBe(ipaddr.fromByteArray(bytes).toString());
     }
+  });
+
+  it('reads addresses into canonical text and refuses every other form', () => {
+    const good: [string, string, 4 | 6][] = [
+      ['10.0.0.5', '10.0.0.5', 4],
+      ['0.0.0.0', '0.0.0.0', 4],
+      ['255.255.255.255', '255.255.255.255', 4],
+      ['2001:DB8:0:0:0:0:0:1', '2001:db8::1', 6],
+      ['::', '::', 6],
+      ['fe80::f816:3eff:fe00:a', 'fe80::f816:3eff:fe00:a', 6],
+      ['::ffff:10.0.0.1', '::ffff:a00:1', 6],
+    ];
+    for (const [text, address, version] of good) expect(parseAddress(text), text).toEqual({ address, version });
+    const bad = ['256.0.0.1', '10.0.0.999', '010.0.0.1', '10.1', '10.0.0.1.2', '0x0a.0.0.1', '10.0.0.1 ', '1::2::3', 'gggg::1', '2001:db8::/64', 'fe80::1%eth0', '', 'localhost', 42];
+    for (const text of bad) expect(parseAddress(text), String(text)).toBeNull();
   });
 
   it('clears host bits and reads a bare address as a host route', () => {
