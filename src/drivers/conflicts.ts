@@ -39,10 +39,21 @@ export interface ForeignRulesets {
   nft: string | null;
 }
 
-/** Reads every listing at once: they are independent reads. */
+/** The tables iptables-nft keeps its rules in, per family, as `nft list ruleset` shows them. */
+const IPTABLES_NFT_TABLE = { ip: /^table ip (filter|nat|mangle|raw|security) /m, ip6: /^table ip6 (filter|nat|mangle|raw|security) /m };
+
+/**
+ * Reads every listing, side by side where they are independent. iptables-nft
+ * keeps its rules in nftables tables of its own, so it is read only for a
+ * family whose tables the nft listing shows (or when that listing failed).
+ * The iptables listings come back in IPTABLES order.
+ */
 export async function readRulesets(runner: CommandRunner): Promise<ForeignRulesets> {
-  const [iptables, nft] = await Promise.all([Promise.all(IPTABLES.map(([, argv]) => read(runner, argv))), read(runner, ['nft', 'list', 'ruleset'])]);
-  return { iptables, nft };
+  const legacy = Promise.all([read(runner, ['iptables-legacy-save']), read(runner, ['ip6tables-legacy-save'])]);
+  const nft = await read(runner, ['nft', 'list', 'ruleset']);
+  const viaNft = (argv: string[], table: RegExp) => (nft === null || table.test(nft) ? read(runner, argv) : null);
+  const [nft4, nft6] = await Promise.all([viaNft(['iptables-nft-save'], IPTABLES_NFT_TABLE.ip), viaNft(['ip6tables-nft-save'], IPTABLES_NFT_TABLE.ip6)]);
+  return { iptables: [...(await legacy), nft4, nft6], nft };
 }
 
 /** What in `rulesets` filters `devices` besides us, in plain words. */

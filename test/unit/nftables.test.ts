@@ -7,6 +7,7 @@ import { ApplyError } from '../../src/errors.js';
 import { NftablesFirewallDriver } from '../../src/drivers/nftables-driver.js';
 import type { CommandRunner } from '../../src/kernel/exec.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
+import { readRulesets } from '../../src/drivers/conflicts.js';
 import { nftNames } from '../../src/render/nftables.js';
 import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
 import { exampleApi, vif } from '../helpers/scenarios.js';
@@ -212,5 +213,39 @@ describe('nftables golden transaction', () => {
     const text = driver.renderRuleset().nft;
     expect(kernel.nftScripts[0]).toBe(text);
     await expect(text).toMatchFileSnapshot('../golden/nova-defaults.nft');
+  });
+});
+
+describe('the look for other firewalls', () => {
+  /** A runner that answers `nft list ruleset` with `ruleset` (null: fails) and records what ran. */
+  const runnerWith = (ruleset: string | null) => {
+    const ran: string[] = [];
+    const runner: CommandRunner = {
+      run: async (argv) => {
+        ran.push(argv.join(' '));
+        if (argv[0] === 'nft') return ruleset === null ? { code: 1, signal: null, stdout: '', stderr: 'nft failed' } : { code: 0, signal: null, stdout: ruleset, stderr: '' };
+        return { code: 0, signal: null, stdout: `# ${argv[0]}\n`, stderr: '' };
+      },
+    };
+    return { runner, ran };
+  };
+
+  it('reads iptables-nft only for a family whose tables nftables shows', async () => {
+    const none = runnerWith('table inet other {\n}\n');
+    expect((await readRulesets(none.runner)).iptables).toEqual(['# iptables-legacy-save\n', '# ip6tables-legacy-save\n', null, null]);
+    expect(none.ran).not.toContain('iptables-nft-save');
+
+    const v4 = runnerWith('table ip filter {\n\tchain FORWARD {\n\t}\n}\n');
+    expect((await readRulesets(v4.runner)).iptables).toEqual(['# iptables-legacy-save\n', '# ip6tables-legacy-save\n', '# iptables-nft-save\n', null]);
+    expect(v4.ran).not.toContain('ip6tables-nft-save');
+
+    // Without the nft listing there is no telling: both are read.
+    const unknown = runnerWith(null);
+    expect((await readRulesets(unknown.runner)).iptables).toEqual([
+      '# iptables-legacy-save\n',
+      '# ip6tables-legacy-save\n',
+      '# iptables-nft-save\n',
+      '# ip6tables-nft-save\n',
+    ]);
   });
 });
