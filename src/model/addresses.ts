@@ -100,11 +100,11 @@ export function linkLocalFromMac(mac: string): string {
 const linkLocalMemo = new Map<string, string>();
 
 function computeLinkLocal(mac: string): string {
-  const b = mac.split(':').map((h) => parseInt(h, 16));
-  const byte = (i: number) => b[i] ?? 0;
-  const groups = [((byte(0) ^ 0x02) << 8) | byte(1), (byte(2) << 8) | 0xff, 0xfe00 | byte(3), (byte(4) << 8) | byte(5)];
-  const tail = groups[0] === 0 ? groups.slice(1) : groups;
-  return `fe80::${tail.map((g) => g.toString(16)).join(':')}`;
+  // mac is canonical (parseMac): byte i is the hex pair at 3i.
+  const byte = (i: number) => parseInt(mac.slice(3 * i, 3 * i + 2), 16);
+  const first = ((byte(0) ^ 0x02) << 8) | byte(1);
+  const rest = `${((byte(2) << 8) | 0xff).toString(16)}:${(0xfe00 | byte(3)).toString(16)}:${((byte(4) << 8) | byte(5)).toString(16)}`;
+  return first === 0 ? `fe80::${rest}` : `fe80::${first.toString(16)}:${rest}`;
 }
 
 /** Address with its full-length prefix, as iptables and ipset print it. */
