@@ -148,7 +148,8 @@ export class IpsetManager {
     const lines: string[] = [];
     const nextWritten = new Map(written);
     const names = full ? new Set([...this.#desired.keys(), ...written.keys()]) : new Set(this.#dirty);
-    const cleaned: string[] = [];
+    /** set -> what this restore writes of it (undefined: gone), to tell later changes from it */
+    const cleaned = new Map<string, DesiredSet | undefined>();
     for (const name of [...names].sort()) {
       const desired = this.#desired.get(name);
       const before = written.get(name);
@@ -157,7 +158,7 @@ export class IpsetManager {
           lines.push(`destroy ${name}`);
           nextWritten.delete(name);
         }
-        if (removals || !before) cleaned.push(name);
+        if (removals || !before) cleaned.set(name, undefined);
         continue;
       }
       if (!before) {
@@ -176,7 +177,7 @@ export class IpsetManager {
         for (const m of desired.members) if (!before.has(m)) lines.push(`add ${name} ${m} -exist`);
       }
       nextWritten.set(name, desired.members);
-      cleaned.push(name);
+      cleaned.set(name, desired);
     }
     if (lines.length > 0) {
       const input = `${lines.join('\n')}\n`;
@@ -194,7 +195,8 @@ export class IpsetManager {
       this.#log.debug({ lines: lines.length }, 'ipset restore applied');
     }
     this.#written = nextWritten;
-    for (const name of cleaned) this.#dirty.delete(name);
+    // A set changed again while the restore ran stays dirty for the next one.
+    for (const [name, wrote] of cleaned) if (this.#desired.get(name) === wrote) this.#dirty.delete(name);
     return lines.length ? 1 : 0;
   }
 

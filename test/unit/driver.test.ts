@@ -5,6 +5,7 @@
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { ApplyError, NotFilteredError, ValidationError } from '../../src/errors.js';
 import { IptablesFirewallDriver } from '../../src/drivers/iptables-driver.js';
+import type { CommandRunner } from '../../src/kernel/exec.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
 import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
 import { vif } from '../helpers/scenarios.js';
@@ -54,6 +55,38 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
     const webIngress = kernel.chain('4', driver.names.group('web', 'ingress'))?.join('\n') ?? '';
     expect(webIngress).toContain(`-m set --match-set ${driver.names.memberSet('db', 4)} src -j ACCEPT`);
     expect(kernel.ipsetScripts.join('\n')).toContain(`add ${driver.names.memberSet('db', 4)} 10.0.0.20`);
+  });
+
+  it('a member change made while an ipset restore runs is written by the next one', async () => {
+    // A runner whose next `ipset restore` waits until the test lets it go.
+    let hold = false;
+    let held = false;
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const gated: CommandRunner = {
+      run: async (argv, options) => {
+        if (hold && argv[0] === 'ipset' && argv[1] === 'restore') {
+          hold = false;
+          held = true;
+          await gate;
+        }
+        return kernel.run(argv, options);
+      },
+    };
+    const d = new IptablesFirewallDriver(api, { runner: gated, allowSameNetTraffic: false, memberMatch: 'ipset' });
+    for (const [i, n] of [[web, webNet], [db, dbNet]] as const) {
+      await d.setupBasicFiltering(i, n);
+      await d.prepareInstanceFilter(i, n);
+    }
+    hold = true;
+    api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
+    const first = d.refreshSecurityGroupMembers('db');
+    while (!held) await new Promise((resolve) => setImmediate(resolve));
+    api.putInstance({ id: 'd3' }, [vif(22)], ['db']);
+    const second = d.refreshSecurityGroupMembers('db');
+    release();
+    await Promise.all([first, second]);
+    expect(kernel.ipsetScripts.join('\n')).toContain(`add ${d.names.memberSet('db', 4)} 10.0.0.22`);
   });
 
   it('a membership change is set elements only: no iptables-restore at all', async () => {
