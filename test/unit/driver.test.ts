@@ -5,9 +5,9 @@
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { ApplyError, NotFilteredError, ValidationError } from '../../src/errors.js';
 import { IptablesFirewallDriver } from '../../src/drivers/iptables-driver.js';
-import type { CommandRunner } from '../../src/kernel/exec.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
 import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
+import { gatedRunner } from '../helpers/gated-runner.js';
 import { vif } from '../helpers/scenarios.js';
 
 const web = { id: 'w1' };
@@ -58,33 +58,19 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
   });
 
   it('a member change made while an ipset restore runs is written by the next one', async () => {
-    // A runner whose next `ipset restore` waits until the test lets it go.
-    let hold = false;
-    let held = false;
-    let release: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => (release = resolve));
-    const gated: CommandRunner = {
-      run: async (argv, options) => {
-        if (hold && argv[0] === 'ipset' && argv[1] === 'restore') {
-          hold = false;
-          held = true;
-          await gate;
-        }
-        return kernel.run(argv, options);
-      },
-    };
+    const gated = gatedRunner(kernel, (argv) => argv[0] === 'ipset' && argv[1] === 'restore');
     const d = new IptablesFirewallDriver(api, { runner: gated, allowSameNetTraffic: false, memberMatch: 'ipset' });
     for (const [i, n] of [[web, webNet], [db, dbNet]] as const) {
       await d.setupBasicFiltering(i, n);
       await d.prepareInstanceFilter(i, n);
     }
-    hold = true;
+    gated.arm();
     api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
     const first = d.refreshSecurityGroupMembers('db');
-    while (!held) await new Promise((resolve) => setImmediate(resolve));
+    await gated.held();
     api.putInstance({ id: 'd3' }, [vif(22)], ['db']);
     const second = d.refreshSecurityGroupMembers('db');
-    release();
+    gated.release();
     await Promise.all([first, second]);
     expect(kernel.ipsetScripts.join('\n')).toContain(`add ${d.names.memberSet('db', 4)} 10.0.0.22`);
   });

@@ -9,6 +9,7 @@ import type { CommandRunner } from '../../src/kernel/exec.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
 import { readRulesets } from '../../src/drivers/conflicts.js';
 import { nftNames } from '../../src/render/nftables.js';
+import { gatedRunner } from '../helpers/gated-runner.js';
 import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
 import { exampleApi, vif } from '../helpers/scenarios.js';
 
@@ -141,34 +142,20 @@ describe('NftablesFirewallDriver (fake kernel)', () => {
   });
 
   it('a change made while a transaction runs is written by the next one', async () => {
-    // A runner whose next `nft -f` waits until the test lets it go.
-    let hold = false;
-    let release: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => (release = resolve));
-    let held = false;
-    const gated: CommandRunner = {
-      run: async (argv, options) => {
-        if (hold && argv[0] === 'nft' && argv.includes('-f')) {
-          hold = false;
-          held = true;
-          await gate;
-        }
-        return kernel.run(argv, options);
-      },
-    };
+    const gated = gatedRunner(kernel, (argv) => argv[0] === 'nft' && argv.includes('-f'));
     const d = new NftablesFirewallDriver(api, { runner: gated, allowSameNetTraffic: false });
     for (const [i, n] of [[web, webNet], [db, dbNet]] as const) {
       await d.setupBasicFiltering(i, n);
       await d.prepareInstanceFilter(i, n);
     }
-    hold = true;
+    gated.arm();
     api.addRule('web', { protocol: 'tcp', portRangeMin: 443 });
     const ruleChange = d.refreshSecurityGroupRules('web');
-    while (!held) await new Promise((resolve) => setImmediate(resolve));
+    await gated.held();
     // While that transaction runs, a member joins a group the rules name.
     api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
     const memberChange = d.refreshSecurityGroupMembers('db');
-    release();
+    gated.release();
     await Promise.all([ruleChange, memberChange]);
     expect(last()).toContain(`add element inet virtfw ${nftNames.memberSet('db', 4)} { 10.0.0.21 }`);
     expect(kernel.nftScripts.at(-2)).toContain('tcp dport 443 accept');
