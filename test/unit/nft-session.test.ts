@@ -108,7 +108,7 @@ describe('NftManager with a kept session', () => {
 
   it('hands the transaction to nft -f when the session breaks', async () => {
     const r = runner();
-    const nft = new NftManager({ table: 'virtfw', runner: r, maps, sessionTimeoutMs: 300 });
+    const nft = new NftManager({ table: 'virtfw', runner: r, maps, sessionTimeoutMs: 2000 });
     nft.setSet('s', 'ipv4_addr', []);
     nft.setSet('hang', 'ipv4_addr', []);
     await nft.apply();
