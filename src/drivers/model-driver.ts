@@ -15,6 +15,7 @@ import { FirewallError, NotFilteredError, ValidationError } from '../errors.js';
 import { NetnsRunner, ProcessRunner, type CommandRunner } from '../kernel/exec.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { Instance, IpVersion, NetworkInfo, NormalizedProviderRule, NormalizedRule, NormalizedVif } from '../model/types.js';
+import { parseAddress } from '../model/addresses.js';
 import { memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
 import { VERSIONS, instanceAddresses, type InstanceView, type MemberAddresses, type RenderOptions } from '../render/iptables-rules.js';
 import { Names } from '../render/names.js';
@@ -22,6 +23,21 @@ import type { VirtAPI } from '../virtapi/virtapi.js';
 import { FirewallDriver, type InstanceStatus } from './firewall-driver.js';
 import { HostModel } from './host-model.js';
 import { resolveDriverOptions, type DriverOptions, type ResolvedDriverOptions } from './options.js';
+
+/** Up to this many addresses per family are deleted directly; more are looked up in one listing first. */
+const DIRECT_CLEANUP_MAX = 8;
+/** conntrack commands run side by side. */
+const CLEANUP_PARALLEL = 8;
+
+/** Every address in a `conntrack -L` listing (`src=` / `dst=` of both directions), canonical. */
+export function connectionAddresses(listing: string): Set<string> {
+  const out = new Set<string>();
+  for (const match of listing.matchAll(/\b(?:src|dst)=(\S+)/g)) {
+    const address = parseAddress(match[1]);
+    if (address) out.add(address.address);
+  }
+  return out;
+}
 
 interface Fetched {
   rules: Map<string, NormalizedRule[]>;
@@ -144,7 +160,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   }
 
   #scheduleCleanup(views: readonly InstanceView[]): void {
-    for (const view of views) this.#cleanups = this.#cleanups.then(() => this.#forgetConnections(view));
+    if (views.length) this.#cleanups = this.#cleanups.then(() => this.#forgetConnections(views));
   }
 
   /** Resolves once the conntrack cleanup of unfiltered instances has run. */
@@ -365,24 +381,44 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     }
   }
 
-  /** Deletes the conntrack entries of an instance's addresses, a few commands at a time; never throws. */
-  async #forgetConnections(view: InstanceView): Promise<void> {
+  /**
+   * Deletes the conntrack entries of the instances' addresses (as source or
+   * destination), a few commands at a time; never throws. For more than a
+   * few addresses, one listing per family first tells which of them have any
+   * entry, so removing a thousand instances does not start thousands of tools.
+   */
+  async #forgetConnections(views: readonly InstanceView[]): Promise<void> {
     const commands: string[][] = [];
     for (const v of this.versions) {
-      for (const address of instanceAddresses(view.instance, v)) {
-        for (const side of ['-s', '-d']) commands.push(['conntrack', '-D', '-f', v === 4 ? 'ipv4' : 'ipv6', side, address]);
+      const family = v === 4 ? 'ipv4' : 'ipv6';
+      let addresses = [...new Set(views.flatMap((view) => instanceAddresses(view.instance, v)))];
+      if (addresses.length > DIRECT_CLEANUP_MAX) {
+        const tracked = await this.#trackedAddresses(family);
+        if (tracked) addresses = addresses.filter((a) => tracked.has(a));
       }
+      for (const address of addresses) for (const side of ['-s', '-d']) commands.push(['conntrack', '-D', '-f', family, side, address]);
     }
-    await Promise.all(
-      commands.map(async (argv) => {
-        try {
-          const result = await this.runner.run(argv);
-          // conntrack exits 1 when nothing matched; anything else is worth a warning.
-          if (result.code !== 0 && result.code !== 1) this.log.warn({ argv, stderr: result.stderr.trim() }, 'conntrack cleanup failed');
-        } catch (err) {
-          this.log.warn({ argv, err: (err as Error).message }, 'conntrack cleanup failed');
-        }
-      }),
-    );
+    for (let i = 0; i < commands.length; i += CLEANUP_PARALLEL) {
+      await Promise.all(commands.slice(i, i + CLEANUP_PARALLEL).map((argv) => this.#conntrack(argv)));
+    }
+  }
+
+  /** Addresses that appear in the family's connection table (null when it cannot be read: delete them all). */
+  async #trackedAddresses(family: 'ipv4' | 'ipv6'): Promise<Set<string> | null> {
+    const result = await this.#conntrack(['conntrack', '-L', '-f', family]);
+    return result === null ? null : connectionAddresses(result);
+  }
+
+  /** Runs one conntrack command; its output, or null (logged) when it failed. */
+  async #conntrack(argv: string[]): Promise<string | null> {
+    try {
+      const result = await this.runner.run(argv);
+      // conntrack exits 1 when nothing matched; anything else is worth a warning.
+      if (result.code === 0 || result.code === 1) return result.stdout;
+      this.log.warn({ argv, stderr: result.stderr.trim() }, 'conntrack cleanup failed');
+    } catch (err) {
+      this.log.warn({ argv, err: (err as Error).message }, 'conntrack cleanup failed');
+    }
+    return null;
   }
 }

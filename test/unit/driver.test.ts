@@ -5,6 +5,8 @@
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { ApplyError, NotFilteredError, ValidationError } from '../../src/errors.js';
 import { IptablesFirewallDriver } from '../../src/drivers/iptables-driver.js';
+import { connectionAddresses } from '../../src/drivers/model-driver.js';
+import type { CommandRunner } from '../../src/kernel/exec.js';
 import { FakeKernel } from '../../src/kernel/fake-kernel.js';
 import { InMemoryVirtAPI } from '../../src/virtapi/memory.js';
 import { gatedRunner } from '../helpers/gated-runner.js';
@@ -255,5 +257,73 @@ describe('constructor options', () => {
     }
     expect(caught).toBeInstanceOf(ValidationError);
     expect((caught as ValidationError).field).toBe(field);
+  });
+});
+
+describe('forgetting the connections of unfiltered instances', () => {
+  /** A fake kernel whose `conntrack -L` shows `listing`, recording every conntrack command. */
+  function withConntrack(listing: Record<'ipv4' | 'ipv6', string>) {
+    const kernel = new FakeKernel();
+    const ran: string[] = [];
+    const runner: CommandRunner = {
+      run: async (argv, options) => {
+        if (argv[0] !== 'conntrack') return kernel.run(argv, options);
+        ran.push(argv.join(' '));
+        const family = argv[argv.indexOf('-f') + 1] as 'ipv4' | 'ipv6';
+        return { code: 0, signal: null, stdout: argv[1] === '-L' ? listing[family] : '', stderr: '' };
+      },
+    };
+    return { runner, ran };
+  }
+
+  async function unfilterBatch(runner: CommandRunner, count: number): Promise<void> {
+    const api = new InMemoryVirtAPI();
+    api.putGroup({ id: 'g' }, [{ direction: 'egress' }]);
+    const vms = Array.from({ length: count }, (_, i) => ({ instance: { id: `i${i}` }, net: [vif(10 + i)] }));
+    for (const { instance, net } of vms) api.putInstance(instance, net, ['g']);
+    const driver = new IptablesFirewallDriver(api, { runner, allowSameNetTraffic: false });
+    for (const { instance, net } of vms) await driver.prepareInstanceFilter(instance, net);
+    driver.filterDeferApplyOn();
+    for (const { instance, net } of vms) await driver.unfilterInstance(instance, net);
+    await driver.filterDeferApplyOff();
+    await driver.connectionCleanupDone();
+  }
+
+  it('reads every address of both directions of a conntrack listing', () => {
+    const listing = [
+      'tcp      6 117 TIME_WAIT src=10.0.0.10 dst=10.0.0.11 sport=40000 dport=80 src=10.0.0.11 dst=10.0.0.10 sport=80 dport=40000 [ASSURED] mark=0 use=1',
+      'udp      17 29 src=2001:db8:0:0::a dst=2001:db8::b sport=5000 dport=5353 [UNREPLIED] src=2001:db8::b dst=2001:db8::a sport=5353 dport=5000 mark=0 use=1',
+    ].join('\n');
+    expect([...connectionAddresses(listing)].sort()).toEqual(['10.0.0.10', '10.0.0.11', '2001:db8::a', '2001:db8::b']);
+  });
+
+  it('a few instances: their addresses are deleted directly', async () => {
+    const { runner, ran } = withConntrack({ ipv4: '', ipv6: '' });
+    await unfilterBatch(runner, 2);
+    expect(ran.filter((c) => c.startsWith('conntrack -L'))).toEqual([]);
+    expect(ran).toContain('conntrack -D -f ipv4 -s 10.0.0.10');
+    expect(ran).toContain('conntrack -D -f ipv6 -d 2001:db8::b');
+    expect(ran).toHaveLength(8);
+  });
+
+  it('many instances: one listing per family, then deletes only for the addresses it shows', async () => {
+    const listing = 'tcp      6 117 TIME_WAIT src=10.0.0.13 dst=10.0.0.200 sport=1 dport=2 src=10.0.0.200 dst=10.0.0.13 sport=2 dport=1 mark=0 use=1\n';
+    const { runner, ran } = withConntrack({ ipv4: listing, ipv6: '' });
+    await unfilterBatch(runner, 20);
+    expect(ran).toEqual(['conntrack -L -f ipv4', 'conntrack -L -f ipv6', 'conntrack -D -f ipv4 -s 10.0.0.13', 'conntrack -D -f ipv4 -d 10.0.0.13']);
+  });
+
+  it('many instances and an unreadable listing: every address is deleted', async () => {
+    const kernel = new FakeKernel();
+    let deletes = 0;
+    const runner: CommandRunner = {
+      run: async (argv, options) => {
+        if (argv[0] !== 'conntrack') return kernel.run(argv, options);
+        if (argv[1] === '-D') deletes += 1;
+        return argv[1] === '-L' ? { code: 2, signal: null, stdout: '', stderr: 'Operation not permitted' } : { code: 1, signal: null, stdout: '', stderr: '' };
+      },
+    };
+    await unfilterBatch(runner, 20);
+    expect(deletes).toBe(20 * 2 * 2);
   });
 });
