@@ -50,6 +50,12 @@ if (!SIZES.length || SIZES.some((p) => !Number.isInteger(p) || p < 1)) {
   process.exit(2);
 }
 const REPEATS = Number(env.REPEATS ?? 3);
+/** fresh runs of each virtfw driver per size, interleaved; each figure is their median */
+const VIRTFW_RUNS = Number(env.VIRTFW_RUNS ?? 3);
+if (!Number.isInteger(VIRTFW_RUNS) || VIRTFW_RUNS < 1) {
+  console.error(`VIRTFW_RUNS: ${JSON.stringify(env.VIRTFW_RUNS)} is not a whole number of at least 1`);
+  process.exit(2);
+}
 const RUN_TIMEOUT = Number(env.RUN_TIMEOUT ?? 420);
 const OFF_MAX = Number(env.NEUTRON_IPSET_OFF_MAX ?? 500);
 const VIRTFW_TIMEOUT = Number(env.VIRTFW_RUN_TIMEOUT ?? 900);
@@ -347,6 +353,7 @@ async function runNeutron(P: number, mode: 'on' | 'off', scratch: string): Promi
 // ------------------------------------------------------------------- virtfw
 
 const round3 = (x: number) => Number(x.toFixed(3));
+const round6 = (x: number) => Number(x.toFixed(6));
 
 /** The child's command: plain node on an esbuild bundle (production-like), or tsx. */
 function childCommand(scratch: string): { argv: string[]; how: string } {
@@ -407,8 +414,8 @@ interface ToolsRun {
 /** ipset / expand: the iptables driver with that memberMatch; nftables: the nftables driver. */
 type VirtfwVariant = 'ipset' | 'expand' | 'nftables';
 
-async function runVirtfw(P: number, variant: VirtfwVariant, workloadFile: string, command: string[]): Promise<Side> {
-  const base = `${NS_PREFIX}-p${P}-${variant === 'nftables' ? 'nft' : variant}`;
+async function runVirtfw(P: number, variant: VirtfwVariant, workloadFile: string, command: string[], round: number): Promise<Side> {
+  const base = `${NS_PREFIX}-p${P}-${variant === 'nftables' ? 'nft' : variant}${round}`;
   const driverArgs = variant === 'nftables' ? ['--driver', 'nftables'] : ['--driver', 'iptables', '--member-match', variant];
   const exec = async (ns: string, extra: string[], label: string) => {
     addNamespace(ns);
@@ -419,7 +426,7 @@ async function runVirtfw(P: number, variant: VirtfwVariant, workloadFile: string
     }
   };
   const load = await waitQuiet(`virtfw P=${P} ${variant}`);
-  log(`virtfw P=${P} ${variant} (netns ${base})`);
+  log(`virtfw P=${P} ${variant} run ${round + 1}/${VIRTFW_RUNS} (netns ${base})`);
   const runResult = await exec(base, [], `virtfw p${P} ${variant}`);
   const run = parseChildJson(runResult) as VirtfwRun | null;
   log(`virtfw P=${P} ${variant} tools only (netns ${base}-t)`);
@@ -463,6 +470,56 @@ async function runVirtfw(P: number, variant: VirtfwVariant, workloadFile: string
     elapsed_s: round3(runResult.elapsed_s + toolsResult.elapsed_s),
     load_at_start: load,
     raw: { run, tools },
+  };
+}
+
+const VARIANTS: readonly VirtfwVariant[] = ['ipset', 'expand', 'nftables'];
+
+/** Every virtfw variant VIRTFW_RUNS times, interleaved (so a noisy spell hits all of them alike). */
+async function runVirtfwAll(P: number, workloadFile: string, command: string[]): Promise<Record<VirtfwVariant, Side>> {
+  const runs: Record<VirtfwVariant, Side[]> = { ipset: [], expand: [], nftables: [] };
+  for (let round = 0; round < VIRTFW_RUNS; round++) {
+    for (const variant of VARIANTS) runs[variant].push(await runVirtfw(P, variant, workloadFile, command, round));
+  }
+  return { ipset: combineRuns(runs.ipset), expand: combineRuns(runs.expand), nftables: combineRuns(runs.nftables) };
+}
+
+function medianOf(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n % 2 ? (s[(n - 1) / 2] as number) : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
+}
+
+/**
+ * One figure per metric from several fresh runs: the median (member_add_s:
+ * the median of every event of every run; peak RSS: the largest). A failed
+ * run makes the side failed. `raw` is the run with the median prepare_all_s,
+ * with every run's metrics beside it.
+ */
+function combineRuns(sides: readonly Side[]): Side {
+  const failed = sides.find((s) => s.status !== 'ok');
+  if (failed || sides.length === 1) return failed ?? (sides[0] as Side);
+  const metrics: Metrics = {};
+  const keys = new Set(sides.flatMap((s) => Object.keys(s.metrics))) as Set<keyof Metrics>;
+  for (const key of keys) {
+    const values = sides.map((s) => s.metrics[key]).filter((v): v is number => typeof v === 'number');
+    if (values.length === sides.length) (metrics as Record<string, number>)[key] = round6(medianOf(values));
+  }
+  const samples = sides.flatMap((s) => s.metrics.member_add_samples_s ?? []);
+  if (samples.length) {
+    metrics.member_add_samples_s = samples;
+    metrics.member_add_s = round6(medianOf(samples));
+  }
+  const rss = sides.map((s) => s.metrics.peak_rss_mb).filter((v): v is number => typeof v === 'number');
+  if (rss.length) metrics.peak_rss_mb = Math.max(...rss);
+  const byPrepare = [...sides].sort((a, b) => (a.metrics.prepare_all_s ?? 0) - (b.metrics.prepare_all_s ?? 0));
+  const middle = byPrepare[(byPrepare.length - 1) >> 1] as Side;
+  return {
+    status: 'ok',
+    metrics,
+    elapsed_s: round3(sides.reduce((n, s) => n + (s.elapsed_s ?? 0), 0)),
+    load_at_start: sides[0]?.load_at_start,
+    raw: { ...(middle.raw as object), runs: sides.map((s) => ({ metrics: s.metrics, load_at_start: s.load_at_start })) },
   };
 }
 
@@ -543,11 +600,11 @@ const STATIC_NOTES = [
   'virtfw nftables column: `NftablesFirewallDriver` on the same workload, with the same phases, accounting and namespace wrapper as the iptables columns. It writes IPv4, IPv6, the remote groups\' member sets, the dispatch maps and the bridge table in **one `nft -f` transaction** per apply (prepare_all: one; a member added: one `add element` line), where the iptables driver runs `iptables-restore` and `ip6tables-restore` side by side, `ipset restore` and an `nft -f` for the bridge table. Its restore_subprocess_s is the time inside that one `nft -f`.',
   'Dispatch by verdict maps: the nftables driver reaches an instance\'s chains through verdict maps keyed by address, device or bridge-port mark, one element per instance address/device rather than jump rules, and its remote-group members are nft named sets (like ipset). Rule counts are therefore not like for like with the iptables columns: elements are shown on their own rows (inet_set_elements: member sets; inet_map_elements: dispatch maps), as ipset members are. Kernel rules total = v4 + v6 + bridge + inet (the nft inet table).',
   'Bridge table with the nftables driver: frames bridged to a VIF get a packet mark in the bridge forward hook naming the ingress chain of the VIF\'s instance (a one-rule `mark-<n>` chain per distinct ingress chain, chosen by a verdict map keyed by the output port), so its bridge_rules are one per distinct list of groups more than the iptables driver\'s; they are in its total.',
-  'The nftables driver looks for other firewalls on its devices on its first apply (`iptables-legacy-save`, `ip6tables-legacy-save`, `iptables-nft-save`, `ip6tables-nft-save`, `nft list ruleset`, side by side), inside its prepare_all_s as in production. Its rules_v4/rules_v6 (iptables-save / ip6tables-save `-A` lines) are shown for comparability and should be 0.',
+  'The nftables driver looks for other firewalls on its devices as its first batch starts (`iptables-legacy-save`, `ip6tables-legacy-save` and `nft list ruleset` side by side, then `iptables-nft-save` / `ip6tables-nft-save` for a family whose tables the nft listing shows: none in the fresh namespace), inside its prepare_all_s as in production. Its rules_v4/rules_v6 (iptables-save / ip6tables-save `-A` lines) are shown for comparability and should be 0.',
   'tools_only_s for nftables: one `nft -f -` of `renderRuleset().nft` (inet and bridge tables in one script), rendered with a FakeKernel, into an empty namespace; the JSON records whether it equals (as a set of lines) the one transaction the driver wrote in its prepare_all.',
   'Neutron(ipset on) / virtfw(nftables) compares Neutron on iptables-nft with virtfw on native nftables; virtfw iptables(ipset) / virtfw nftables compares virtfw\'s two drivers in the same run (time rows: iptables ÷ nftables, > 1 = nftables faster; count and memory rows: nftables ÷ iptables).',
   'Other work on the machine skews every time in both columns: the load average at the start and end of the run, and when each run started, is printed; compare only figures from runs on a quiet machine.',
-  'Every figure is one run (member_add/rule_add: median of REPEATS events); expect ±10–20 % run-to-run noise on 2 cores, more for values under 50 ms.',
+  'Neutron: every figure is one run (member_add/rule_add: median of REPEATS events). virtfw: each variant ran VIRTFW_RUNS times per size, interleaved (ipset, expand, nftables, ipset, ...), each in a fresh process and namespace; each figure is the median of the runs (member_add_s: the median of every event of every run; peak RSS: the largest); the JSON keeps every run\'s metrics. Expect ±10–20 % run-to-run noise on 2 cores, more for values under 50 ms.',
 ];
 
 async function main(): Promise<void> {
@@ -573,6 +630,7 @@ async function main(): Promise<void> {
   const config = {
     sizes: SIZES,
     repeats: REPEATS,
+    virtfw_runs: VIRTFW_RUNS,
     neutron_run_timeout_s: RUN_TIMEOUT,
     neutron_ipset_off_max: OFF_MAX,
     quiet_wait_s: QUIET_WAIT,
@@ -591,9 +649,7 @@ async function main(): Promise<void> {
       const ours = readWorkload(workloadFile);
       const identical = on.workloadFile ? canonical(workloadCore(readWorkload(on.workloadFile))) === canonical(workloadCore(ours)) : null;
       const aap = ours.ports.reduce((n, p) => n + p.allowed_address_pairs.length, 0);
-      const virtfwIpset = await runVirtfw(P, 'ipset', workloadFile, command);
-      const virtfwExpand = await runVirtfw(P, 'expand', workloadFile, command);
-      const virtfwNft = await runVirtfw(P, 'nftables', workloadFile, command);
+      const { ipset: virtfwIpset, expand: virtfwExpand, nftables: virtfwNft } = await runVirtfwAll(P, workloadFile, command);
       sizes.push({
         P,
         workload: { file: workloadFile.replace(`${scratch}/`, '<scratch>/'), identical_to_neutron: identical, allowed_address_pairs: aap },
