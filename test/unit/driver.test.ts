@@ -202,6 +202,25 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
     expect(driver.status().find((s) => s.instanceId === 'w1')?.lastError).toBeNull();
   });
 
+  it('when the anti-spoofing of a new VIF fails, no iptables rule is written for it, and the next apply writes both', async () => {
+    const n2 = { id: 'n2' };
+    const n2Net = [vif(30)];
+    api.putInstance(n2, n2Net, ['web']);
+    const before = restores(kernel);
+    driver.filterDeferApplyOn();
+    await driver.setupBasicFiltering(n2, n2Net);
+    await driver.prepareInstanceFilter(n2, n2Net);
+    kernel.failNext('nft', 'Error: Could not process rule: No such file or directory');
+    await expect(driver.filterDeferApplyOff()).rejects.toBeInstanceOf(ApplyError);
+    expect(restores(kernel)).toBe(before);
+    expect(kernel.chain('4', driver.names.instanceIngress('n2'))).toBeUndefined();
+    expect(await driver.instanceFilterExists(n2, n2Net)).toBe(false);
+    // The next apply writes the bridge elements and the chains.
+    await driver.refreshInstanceSecurityRules(n2);
+    expect(kernel.chain('4', driver.names.instanceIngress('n2'))).toBeDefined();
+    expect(await driver.instanceFilterExists(n2, n2Net)).toBe(true);
+  });
+
   it('bad input at the entry points is refused before anything is applied', async () => {
     const before = restores(kernel) + kernel.callCount('nft');
     const bad = [
