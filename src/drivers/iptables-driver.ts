@@ -196,6 +196,8 @@ export class IptablesFirewallDriver extends ModelFirewallDriver {
       this.options.bridgeFilter ? this.bridge.applyAdditions() : undefined,
       this.ipsets.applyAdditions(),
     ]);
+    // Awaited below, after rendering; until then a failure must not count as unhandled (it would end the process).
+    first.catch(() => undefined);
     await new Promise<void>((resolve) => setImmediate(resolve)); // let them start their tools
     this.#flushChains();
     await first;
