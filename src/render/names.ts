@@ -72,8 +72,6 @@ export class Names {
   readonly fallback: string;
   /** comment tag that marks a rule as ours: `<prefix>:<hash>` */
   readonly commentTag: string;
-  /** per-object names, computed once (they are asked for on every render) */
-
   constructor(prefix: string = DEFAULT_PREFIX) {
     this.prefix = validatePrefix(prefix);
     this.forward = `${prefix}-FORWARD`;
