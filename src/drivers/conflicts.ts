@@ -26,11 +26,16 @@ function deviceMentions(text: string, devices: readonly string[]): string[] {
   return found;
 }
 
-const IPTABLES: readonly (readonly [string, string[]])[] = [
-  ['iptables-legacy', ['iptables-legacy-save']],
-  ['ip6tables-legacy', ['ip6tables-legacy-save']],
-  ['iptables-nft', ['iptables-nft-save']],
-  ['ip6tables-nft', ['ip6tables-nft-save']],
+/**
+ * Where iptables rules can live, and the tool that lists them. iptables-nft
+ * keeps its rules in nftables tables of its own (`inNft`: how `nft list
+ * ruleset` shows them), so it is read only when those tables exist.
+ */
+const IPTABLES: readonly { label: string; argv: string[]; inNft?: RegExp }[] = [
+  { label: 'iptables-legacy', argv: ['iptables-legacy-save'] },
+  { label: 'ip6tables-legacy', argv: ['ip6tables-legacy-save'] },
+  { label: 'iptables-nft', argv: ['iptables-nft-save'], inNft: /^table ip (filter|nat|mangle|raw|security) /m },
+  { label: 'ip6tables-nft', argv: ['ip6tables-nft-save'], inNft: /^table ip6 (filter|nat|mangle|raw|security) /m },
 ];
 
 /** Every place rules can live, as text (null: the tool is missing or failed). */
@@ -39,21 +44,21 @@ export interface ForeignRulesets {
   nft: string | null;
 }
 
-/** The tables iptables-nft keeps its rules in, per family, as `nft list ruleset` shows them. */
-const IPTABLES_NFT_TABLE = { ip: /^table ip (filter|nat|mangle|raw|security) /m, ip6: /^table ip6 (filter|nat|mangle|raw|security) /m };
-
 /**
- * Reads every listing, side by side where they are independent. iptables-nft
- * keeps its rules in nftables tables of its own, so it is read only for a
- * family whose tables the nft listing shows (or when that listing failed).
- * The iptables listings come back in IPTABLES order.
+ * Reads every listing (the iptables ones in IPTABLES order), side by side
+ * where they are independent: iptables-nft only for a family whose tables the
+ * nft listing shows (or when that listing failed).
  */
 export async function readRulesets(runner: CommandRunner): Promise<ForeignRulesets> {
-  const legacy = Promise.all([read(runner, ['iptables-legacy-save']), read(runner, ['ip6tables-legacy-save'])]);
-  const nft = await read(runner, ['nft', 'list', 'ruleset']);
-  const viaNft = (argv: string[], table: RegExp) => (nft === null || table.test(nft) ? read(runner, argv) : null);
-  const [nft4, nft6] = await Promise.all([viaNft(['iptables-nft-save'], IPTABLES_NFT_TABLE.ip), viaNft(['ip6tables-nft-save'], IPTABLES_NFT_TABLE.ip6)]);
-  return { iptables: [...(await legacy), nft4, nft6], nft };
+  const nftListing = read(runner, ['nft', 'list', 'ruleset']);
+  const iptables = Promise.all(
+    IPTABLES.map(async ({ argv, inNft }) => {
+      if (!inNft) return read(runner, argv);
+      const nft = await nftListing;
+      return nft === null || inNft.test(nft) ? read(runner, argv) : null;
+    }),
+  );
+  return { iptables: await iptables, nft: await nftListing };
 }
 
 /** What in `rulesets` filters `devices` besides us, in plain words. */
@@ -61,7 +66,7 @@ export function findConflicts(rulesets: ForeignRulesets, names: Names, devices: 
   const findings: string[] = [];
   const texts = rulesets.iptables;
   const ruleset = rulesets.nft;
-  for (const [i, [label]] of IPTABLES.entries()) {
+  for (const [i, { label }] of IPTABLES.entries()) {
     const text = texts[i];
     if (!text) continue;
     if (new RegExp(`^:${names.prefix}-`, 'm').test(text)) {
