@@ -17,7 +17,7 @@ import {
   BRIDGE_RULES,
   BRIDGE_SET_NAMES,
   bridgeElements,
-  marksOf,
+  countMarks,
   renderBridgeElementUpdate,
   renderBridgeTableDelete,
   renderBridgeTableReplace,
@@ -106,7 +106,7 @@ export class BridgeFilter {
 
   /** Rules of the table: fixed chains, and one per mark number in use. */
   ruleCount(): number {
-    return BRIDGE_RULES.length + 1 + marksOf(this.#desired.values()).size;
+    return BRIDGE_RULES.length + 1 + countMarks(this.#desired.values()).size;
   }
 
   /** Set elements of the table. */
@@ -307,12 +307,6 @@ export class BridgeFilter {
     this.#tableExists = true;
     this.#log.debug({ lines: script.split('\n').length }, 'nft bridge filter applied');
   }
-}
-
-function countMarks(vifs: Iterable<BridgeVif>): Map<number, number> {
-  const counts = new Map<number, number>();
-  for (const vif of vifs) if (vif.mark !== undefined) counts.set(vif.mark, (counts.get(vif.mark) ?? 0) + 1);
-  return counts;
 }
 
 /** An element of `nft -j` output as the text render/bridge.ts writes it. */

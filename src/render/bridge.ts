@@ -86,7 +86,7 @@ export interface BridgeVif {
   mark?: number;
 }
 
-export function bridgeVifOf(vif: NormalizedVif, mark?: number): BridgeVif {
+export function bridgeVifOf(vif: NormalizedVif): BridgeVif {
   const ip4 = vif.subnets.filter((s) => s.version === 4).flatMap((s) => s.ips);
   const ip6 = vif.subnets.filter((s) => s.version === 6).flatMap((s) => s.ips);
   return {
@@ -94,7 +94,6 @@ export function bridgeVifOf(vif: NormalizedVif, mark?: number): BridgeVif {
     mac: vif.mac,
     ip4: [...new Set(ip4)],
     ip6: [...new Set([linkLocalFromMac(vif.mac), ...ip6])],
-    ...(mark === undefined ? {} : { mark }),
   };
 }
 
@@ -140,11 +139,11 @@ function elementLines(table: string, verb: 'add' | 'delete', elements: ReadonlyM
   return lines;
 }
 
-/** The distinct mark numbers of these VIFs (each has one `mark-<n>` chain). */
-export function marksOf(vifs: Iterable<BridgeVif>): Set<number> {
-  const marks = new Set<number>();
-  for (const vif of vifs) if (vif.mark !== undefined) marks.add(vif.mark);
-  return marks;
+/** How many of these VIFs have each mark number (each number has one `mark-<n>` chain). */
+export function countMarks(vifs: Iterable<BridgeVif>): Map<number, number> {
+  const counts = new Map<number, number>();
+  for (const vif of vifs) if (vif.mark !== undefined) counts.set(vif.mark, (counts.get(vif.mark) ?? 0) + 1);
+  return counts;
 }
 
 /** Collects the elements of many VIFs per set. */
@@ -175,7 +174,7 @@ export function renderBridgeTableReplace(names: Names, vifs: Iterable<BridgeVif>
     `add rule bridge ${table} ${BRIDGE_FORWARD_CHAIN} oifname vmap @vif_mark`,
   );
   const all = [...vifs];
-  for (const mark of marksOf(all)) lines.push(...markChainLines(table, mark));
+  for (const mark of countMarks(all).keys()) lines.push(...markChainLines(table, mark));
   lines.push(...elementLines(table, 'add', elementsOf(all)));
   return `${lines.join('\n')}\n`;
 }
