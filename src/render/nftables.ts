@@ -202,31 +202,37 @@ export function nftProfileChain(direction: Direction, rules: readonly string[]):
 }
 
 /**
- * Dispatch map elements of one instance: map -> (key -> verdict), to its
- * ingress and egress chains. Frames bridged to a VIF are dispatched by the
- * packet mark the bridge table gives them, which is one per ingress chain
- * (see the driver), not per instance: those elements are the driver's.
+ * Dispatch map elements of one instance, to its ingress and egress chains:
+ * map -> (key -> verdict), for the maps it has elements in. Frames bridged to
+ * a VIF are dispatched by the packet mark the bridge table gives them, which
+ * is one per ingress chain (see the driver), not per instance: those
+ * elements are the driver's.
  */
 export function nftDispatchElements(view: InstanceView, ingressChain: string, egressChain: string): Map<string, Map<string, string>> {
   const toIn = `jump ${ingressChain}`;
   const toOut = `jump ${egressChain}`;
-  const out = new Map<string, Map<string, string>>(Object.values(NFT.maps).map((m) => [m, new Map()]));
+  const out = new Map<string, Map<string, string>>();
+  const put = (map: string, key: string, verdict: string) => {
+    let elements = out.get(map);
+    if (!elements) out.set(map, (elements = new Map()));
+    elements.set(key, verdict);
+  };
   for (const vif of view.instance.vifs) {
     if (vif.routed) {
-      out.get(NFT.maps.fromDev)?.set(`"${vif.devname}"`, toOut);
-      out.get(NFT.maps.toDev)?.set(`"${vif.devname}"`, toIn);
+      put(NFT.maps.fromDev, `"${vif.devname}"`, toOut);
+      put(NFT.maps.toDev, `"${vif.devname}"`, toIn);
       continue;
     }
     for (const s of vif.subnets) {
       for (const a of s.ips) {
-        out.get(s.version === 4 ? NFT.maps.from4 : NFT.maps.from6)?.set(a, toOut);
-        out.get(s.version === 4 ? NFT.maps.to4 : NFT.maps.to6)?.set(a, toIn);
+        put(s.version === 4 ? NFT.maps.from4 : NFT.maps.from6, a, toOut);
+        put(s.version === 4 ? NFT.maps.to4 : NFT.maps.to6, a, toIn);
       }
     }
     // Its link-local source identifies its packets too. As a destination it
     // needs no element: a link-local packet is never routed, and bridged
     // ones reach the instance by mark (`to-mark`, before `to-vm6`).
-    out.get(NFT.maps.from6)?.set(linkLocalFromMac(vif.mac), toOut);
+    put(NFT.maps.from6, linkLocalFromMac(vif.mac), toOut);
   }
   return out;
 }
