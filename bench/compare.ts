@@ -27,6 +27,7 @@ import {
   MB,
   evaluateIssue6,
   evaluateTargets,
+  medianOf,
   renderMarkdown,
   type CompareDocument,
   type Metrics,
@@ -482,12 +483,6 @@ async function runVirtfwAll(P: number, workloadFile: string, command: string[]):
     for (const variant of VARIANTS) runs[variant].push(await runVirtfw(P, variant, workloadFile, command, round));
   }
   return { ipset: combineRuns(runs.ipset), expand: combineRuns(runs.expand), nftables: combineRuns(runs.nftables) };
-}
-
-function medianOf(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  return n % 2 ? (s[(n - 1) / 2] as number) : ((s[n / 2 - 1] as number) + (s[n / 2] as number)) / 2;
 }
 
 /**

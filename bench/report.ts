@@ -481,7 +481,8 @@ export function evaluateIssue6(sizes: SizeResult[]): Issue6Targets {
   return { at_P: at.P, official, rows, growth };
 }
 
-function medianOf(xs: readonly number[]): number {
+/** The middle value (the mean of the two middle ones for an even count); NaN for none. */
+export function medianOf(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const n = s.length;
   if (n === 0) return NaN;

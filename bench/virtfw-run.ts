@@ -38,6 +38,7 @@ import type { SecurityGroup, SecurityGroupRule, ProviderRule } from '../src/mode
 import type { MemberMatch } from '../src/render/iptables-rules.js';
 import type { InstanceRecord, VirtAPI } from '../src/virtapi/virtapi.js';
 import { buildHost, readWorkload } from './neutron-workload.js';
+import { medianOf } from './report.js';
 
 // ---------------------------------------------------------------- arguments
 
@@ -269,13 +270,6 @@ function summarize(wall: number, virtapi: number, calls: readonly Call[]): Phase
   };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  if (n === 0) return NaN;
-  return n % 2 ? (s[(n - 1) / 2] ?? NaN) : ((s[n / 2 - 1] ?? 0) + (s[n / 2] ?? 0)) / 2;
-}
-
 // ------------------------------------------------------------ kernel counts
 
 /** Runs a small shell pipeline in the namespace; only its (tiny) output enters this process. */
@@ -445,7 +439,7 @@ async function measuredRun(): Promise<Record<string, unknown>> {
       s.apply_stats = driver.lastApplyStats ? { ...driver.lastApplyStats } : null;
       memberSamples.push(s);
     }
-    phases.member_add = { median_wall_s: round(median(memberSamples.map((s) => s.wall_s))), samples: memberSamples };
+    phases.member_add = { median_wall_s: round(medianOf(memberSamples.map((s) => s.wall_s))), samples: memberSamples };
     log(`member_add: ${JSON.stringify(memberSamples.map((s) => s.wall_s))}`);
     peakAfter.member_add = peakRssKb().maxrss_kb;
 
@@ -458,7 +452,7 @@ async function measuredRun(): Promise<Record<string, unknown>> {
       s.apply_stats = driver.lastApplyStats ? { ...driver.lastApplyStats } : null;
       ruleSamples.push(s);
     }
-    phases.rule_add = { median_wall_s: round(median(ruleSamples.map((s) => s.wall_s))), samples: ruleSamples };
+    phases.rule_add = { median_wall_s: round(medianOf(ruleSamples.map((s) => s.wall_s))), samples: ruleSamples };
     log(`rule_add: ${JSON.stringify(ruleSamples.map((s) => s.wall_s))}`);
     peakAfter.rule_add = peakRssKb().maxrss_kb;
     counts.after_changes = kernelCounts();
