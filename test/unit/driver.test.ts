@@ -280,16 +280,21 @@ describe('constructor options', () => {
 });
 
 describe('forgetting the connections of unfiltered instances', () => {
-  /** A fake kernel whose `conntrack -L` shows `listing`, recording every conntrack command. */
-  function withConntrack(listing: Record<'ipv4' | 'ipv6', string>) {
+  /**
+   * A fake kernel whose `conntrack -L` shows `listing` (null: fails, as without
+   * permission), recording every conntrack command; a delete matches nothing.
+   */
+  function withConntrack(listing: Record<'ipv4' | 'ipv6', string> | null) {
     const kernel = new FakeKernel();
     const ran: string[] = [];
     const runner: CommandRunner = {
       run: async (argv, options) => {
         if (argv[0] !== 'conntrack') return kernel.run(argv, options);
         ran.push(argv.join(' '));
+        if (argv[1] !== '-L') return { code: 1, signal: null, stdout: '', stderr: '' };
+        if (listing === null) return { code: 2, signal: null, stdout: '', stderr: 'Operation not permitted' };
         const family = argv[argv.indexOf('-f') + 1] as 'ipv4' | 'ipv6';
-        return { code: 0, signal: null, stdout: argv[1] === '-L' ? listing[family] : '', stderr: '' };
+        return { code: 0, signal: null, stdout: listing[family], stderr: '' };
       },
     };
     return { runner, ran };
@@ -333,16 +338,8 @@ describe('forgetting the connections of unfiltered instances', () => {
   });
 
   it('many instances and an unreadable listing: every address is deleted', async () => {
-    const kernel = new FakeKernel();
-    let deletes = 0;
-    const runner: CommandRunner = {
-      run: async (argv, options) => {
-        if (argv[0] !== 'conntrack') return kernel.run(argv, options);
-        if (argv[1] === '-D') deletes += 1;
-        return argv[1] === '-L' ? { code: 2, signal: null, stdout: '', stderr: 'Operation not permitted' } : { code: 1, signal: null, stdout: '', stderr: '' };
-      },
-    };
+    const { runner, ran } = withConntrack(null);
     await unfilterBatch(runner, 20);
-    expect(deletes).toBe(20 * 2 * 2);
+    expect(ran.filter((c) => c.startsWith('conntrack -D'))).toHaveLength(20 * 2 * 2);
   });
 });
