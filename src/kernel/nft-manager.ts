@@ -101,6 +101,8 @@ export class NftManager {
   readonly #serial = new Mutex();
   /** a kept `nft -i` for element-only transactions, when the runner can keep one */
   readonly #session: NftSession | undefined;
+  /** the session warm-up queued behind the apply that returned last */
+  #warming: NodeJS.Immediate | undefined;
   lastInput = '';
 
   constructor(options: NftManagerOptions) {
@@ -115,6 +117,8 @@ export class NftManager {
 
   /** Ends the kept `nft -i`, if any (the kernel keeps its rules). */
   close(): void {
+    clearImmediate(this.#warming);
+    this.#warming = undefined;
     this.#session?.close();
   }
 
@@ -334,19 +338,30 @@ export class NftManager {
     }
     this.#written = commit();
     plan?.committed();
-    // The next change is likely element changes: have the session ready, and
-    // through its first command (nft's first ruleset cache fill, the first
-    // pass through this path), which costs a few ms more than the ones after
-    // it: a no-op transaction (the table exists), queued like an apply.
-    const session = this.#session;
-    if (session) {
-      session.warm();
-      if (session.fresh) void this.#serial.run(() => session.prime(`add table inet ${this.table}`));
-    }
+    this.#warmSession();
     stats.transactions = 1;
     stats.inputLines = script.split('\n').length - 1;
     this.#log.debug({ table: this.table, ...stats }, 'nft transaction applied');
     return stats;
+  }
+
+  /**
+   * The next change is likely element changes: have the session ready, and
+   * through its first command (nft's first ruleset cache fill, the first pass
+   * through this path), which costs a few ms more than the ones after it: a
+   * no-op transaction (the table exists), queued like an apply. Started once
+   * the apply has returned: starting a process blocks this thread for
+   * milliseconds, which the caller of the apply need not wait for.
+   */
+  #warmSession(): void {
+    const session = this.#session;
+    if (!session || this.#warming) return;
+    this.#warming = setImmediate(() => {
+      this.#warming = undefined;
+      session.warm();
+      if (session.fresh) void this.#serial.run(() => session.prime(`add table inet ${this.table}`));
+    });
+    this.#warming.unref();
   }
 
   /** The statements that turn `written` into the desired state, in an order the kernel accepts. */

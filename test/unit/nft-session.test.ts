@@ -28,6 +28,9 @@ rl.on('line', (line) => {
 
 const started: ChildProcessWithoutNullStreams[] = [];
 
+/** Lets the manager's post-apply work run (it waits for the caller of the apply to go on first). */
+const afterReturn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 function runner(): CommandRunner & { ran: string[] } {
   const ran: string[] = [];
   return {
@@ -84,7 +87,10 @@ describe('NftManager with a kept session', () => {
     nft.setSet('s', 'ipv4_addr', ['10.0.0.1']);
     await nft.apply();
     expect(r.ran).toHaveLength(1); // the first apply: the whole table
-    expect(started).toHaveLength(1); // and the session is started, ready for element changes
+    // The session is started, ready for element changes, once the apply has returned.
+    expect(started).toHaveLength(0);
+    await afterReturn();
+    expect(started).toHaveLength(1);
     nft.setSet('s', 'ipv4_addr', ['10.0.0.2']);
     // "delete" is refused by the stand-in: the manager raises what it said.
     const err = await nft.apply().catch((e: unknown) => e);
@@ -119,6 +125,7 @@ describe('NftManager with a kept session', () => {
     expect(r.ran).toHaveLength(2);
     expect(r.ran[1]).toBe('nft -f - <<< add element inet virtfw hang { 10.0.0.1 }\n');
     // A new session is ready for the next element change (started once the fallback committed).
+    await afterReturn();
     expect(started).toHaveLength(2);
     nft.setSet('s', 'ipv4_addr', ['10.0.0.5']);
     await nft.apply();
@@ -145,6 +152,7 @@ describe('NftManager with a kept session', () => {
     const nft = new NftManager({ table: 'virtfw', runner: recording, maps });
     nft.setSet('s', 'ipv4_addr', []);
     await nft.apply();
+    await afterReturn();
     nft.setSet('s', 'ipv4_addr', ['10.0.0.1']);
     await nft.apply();
     nft.setSet('s', 'ipv4_addr', ['10.0.0.1', '10.0.0.2']);
@@ -153,6 +161,27 @@ describe('NftManager with a kept session', () => {
     expect(written).toEqual(['add table inet virtfw', 'add element inet virtfw s { 10.0.0.1 }', 'add element inet virtfw s { 10.0.0.2 }']);
     expect(r.ran).toHaveLength(1);
     nft.close();
+  });
+
+  it('starts no session when closed before its warm-up, and a change right after an apply starts the session itself', async () => {
+    const r = runner();
+    const nft = new NftManager({ table: 'virtfw', runner: r, maps });
+    nft.setSet('s', 'ipv4_addr', []);
+    await nft.apply();
+    nft.close();
+    await afterReturn();
+    expect(started).toHaveLength(0);
+    // Not closed: an element change that comes before the warm-up starts the session and is its first line.
+    const again = new NftManager({ table: 'virtfw', runner: r, maps });
+    again.setSet('s', 'ipv4_addr', []);
+    await again.apply();
+    again.setSet('s', 'ipv4_addr', ['10.0.0.1']);
+    await again.apply();
+    expect(started).toHaveLength(1);
+    await afterReturn();
+    expect(started).toHaveLength(1);
+    expect(r.ran).toHaveLength(2);
+    again.close();
   });
 
   it('never starts a session on a runner that cannot keep one', async () => {
