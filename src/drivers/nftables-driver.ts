@@ -28,7 +28,7 @@ import {
   renderNftInstanceRules,
 } from '../render/nftables.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
-import { findConflicts, readRulesets, type ForeignRulesets } from './conflicts.js';
+import { findConflicts, readRulesets } from './conflicts.js';
 import { ModelFirewallDriver } from './model-driver.js';
 import type { DriverOptions } from './options.js';
 
@@ -46,9 +46,8 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   lastApplyStats: NftApplyStats | null = null;
   /** instance -> the dispatch elements last rendered for it (map -> key -> verdict) */
   readonly #dispatch = new Map<string, Map<string, Map<string, string>>>();
-  #conflictsChecked = false;
-  /** the other firewalls' listings, read as the first batch starts (before the model grows) */
-  #prefetched: Promise<ForeignRulesets> | undefined;
+  /** the start-up look for other firewalls: started once the first apply has returned */
+  #firstCheck: Promise<void> | undefined;
   /** instance -> its ingress and egress chains */
   readonly #chainsOf = new Map<string, InstanceChains>();
   /** ingress or egress chain -> how many instances use it (it exists while any does) */
@@ -73,15 +72,6 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
 
   override async close(): Promise<void> {
     this.nft.close();
-  }
-
-  /**
-   * A batch is starting: the first one reads the other firewalls' listings
-   * meanwhile (independent of the batch), so its apply need not wait for them.
-   */
-  override filterDeferApplyOn(): void {
-    super.filterDeferApplyOn();
-    if (!this.#conflictsChecked && !this.#prefetched) this.#prefetched = readRulesets(this.runner);
   }
 
   override ruleCounts(): { inet: number; inetElements: number; bridge: number; bridgeElements: number } {
@@ -291,31 +281,49 @@ export class NftablesFirewallDriver extends ModelFirewallDriver {
   }
 
   protected override async write(): Promise<void> {
-    // The first apply's look for other firewalls and the bridge sysctls are
-    // independent of the rendering: their tools run while it does.
-    const firstCheck = this.#conflictsChecked ? undefined : this.#checkConflicts(this.#prefetched);
-    this.#conflictsChecked = true;
-    this.#prefetched = undefined;
-    const ready = Promise.all([firstCheck, this.ensureBridgeNetfilter()]);
+    // The bridge sysctls are independent of the rendering: their tool runs while it does.
+    const ready = this.ensureBridgeNetfilter();
     ready.catch(() => undefined); // awaited below
-    this.flush();
-    await ready;
-    const bridge = this.bridge;
-    const withBridge = this.options.bridgeFilter
-      ? () => {
-          const plan = bridge.plan(true);
-          return { script: plan.script, committed: plan.committed, failed: () => bridge.failed() };
-        }
-      : undefined;
-    this.lastApplyStats = await this.nft.apply(withBridge);
+    try {
+      this.flush();
+      await ready;
+      const bridge = this.bridge;
+      const withBridge = this.options.bridgeFilter
+        ? () => {
+            const plan = bridge.plan(true);
+            return { script: plan.script, committed: plan.committed, failed: () => bridge.failed() };
+          }
+        : undefined;
+      this.lastApplyStats = await this.nft.apply(withBridge);
+    } finally {
+      this.#startUpCheck();
+    }
   }
 
   /**
-   * Looks for other firewalls on our devices (first apply, and every resync,
-   * so devices added later are covered too); logs each new finding once.
+   * The start-up look for other firewalls, once the first apply (done or
+   * failed) has returned: what it finds is reported, and changes nothing we
+   * write, so the first apply does not wait for its three tools.
    */
-  async #checkConflicts(read: Promise<ForeignRulesets> = readRulesets(this.runner)): Promise<void> {
-    const found = findConflicts(await read, this.names, this.model.devices());
+  #startUpCheck(): void {
+    if (this.#firstCheck) return;
+    this.#firstCheck = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.#checkConflicts())
+      .catch((err: unknown) => this.log.warn({ err }, 'could not look for other firewalls'));
+  }
+
+  /** Resolves once the start-up look for other firewalls has run (at once if no apply has started it). */
+  async conflictsChecked(): Promise<void> {
+    await this.#firstCheck;
+  }
+
+  /**
+   * Looks for other firewalls on our devices (after the first apply, and at
+   * every resync, so devices added later are covered too); logs each new
+   * finding once.
+   */
+  async #checkConflicts(): Promise<void> {
+    const found = findConflicts(await readRulesets(this.runner), this.names, this.model.devices());
     for (const conflict of found) {
       if (!this.conflicts.includes(conflict)) this.log.warn({ conflict }, 'another firewall filters the same devices');
     }

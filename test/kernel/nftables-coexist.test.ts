@@ -181,6 +181,7 @@ describe('NftablesFirewallDriver beside iptables-nft, other nft tables and firew
 
   it('prepare: foreign objects unchanged; our drops apply, their drops apply, their accepts do not override ours', async () => {
     await lab.filter(driver, a, b, c);
+    await driver.conflictsChecked();
     expect(driver.conflicts).toEqual([]);
     await expectForeignIntact('after prepare');
     const counted = (await otherCounters()).all;

@@ -1,9 +1,9 @@
 /**
- * NftablesFirewallDriver guardrails: before its first apply, the driver
- * looks for other firewalls filtering the same devices (iptables-legacy,
- * iptables-nft, other nft tables) and reports each in `driver.conflicts`, in
- * words an operator can act on; with nothing else present the list is
- * empty. And `virtfw ruleset --format nft` prints the driver's transaction
+ * NftablesFirewallDriver guardrails: once its first apply has returned, the
+ * driver looks for other firewalls filtering the same devices
+ * (iptables-legacy, iptables-nft, other nft tables) and reports each in
+ * `driver.conflicts`, in words an operator can act on; with nothing else
+ * present the list is empty. And `virtfw ruleset --format nft` prints the driver's transaction
  * without touching the kernel; the kernel accepts it (`nft -c`).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,6 +26,7 @@ describe('NftablesFirewallDriver: start-up conflict check', () => {
     await lab.filter(driver, a, b);
     await driver.filterDeferApplyOff();
     expect(await driver.instanceFilterExists(b.instance, b.nwinfo)).toBe(true);
+    await driver.conflictsChecked();
     return driver;
   }
 
@@ -44,6 +45,7 @@ describe('NftablesFirewallDriver: start-up conflict check', () => {
     const driver = lab.driver('nftables');
     try {
       await lab.filter(driver, a, b);
+      await driver.conflictsChecked();
       expect(driver.conflicts).toEqual([]);
     } finally {
       await driver.teardown();
