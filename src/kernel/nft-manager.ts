@@ -347,11 +347,12 @@ export class NftManager {
 
   /**
    * The next change is likely element changes: have the session ready, and
-   * through its first command (nft's first ruleset cache fill, the first pass
-   * through this path), which costs a few ms more than the ones after it: a
-   * no-op transaction (the table exists), queued like an apply. Started once
-   * the apply has returned: starting a process blocks this thread for
-   * milliseconds, which the caller of the apply need not wait for.
+   * through its first two commands (nft's first ruleset cache fill; the first
+   * element change after it), which cost a few ms more than the ones after
+   * them: no-op transactions (the table exists; an element a set already
+   * holds is added again), queued like an apply. Started once the apply has
+   * returned: starting a process blocks this thread for milliseconds, which
+   * the caller of the apply need not wait for.
    */
   #warmSession(): void {
     const session = this.#session;
@@ -359,9 +360,21 @@ export class NftManager {
     this.#warming = setImmediate(() => {
       this.#warming = undefined;
       session.warm();
-      if (session.fresh) void this.#serial.run(() => session.prime(`add table inet ${this.table}`));
+      if (!session.fresh) return;
+      void this.#serial.run(() => {
+        const noop = this.#heldElement();
+        return session.prime(`add table inet ${this.table}`, ...(noop ? [`add element inet ${this.table} ${noop.set} { ${noop.element} }`] : []));
+      });
     });
     this.#warming.unref();
+  }
+
+  /** An element the kernel holds, as last written (adding it again changes nothing). */
+  #heldElement(): { set: string; element: string } | undefined {
+    for (const [set, elements] of this.#written?.sets ?? []) {
+      for (const element of elements) return { set, element };
+    }
+    return undefined;
   }
 
   /** The statements that turn `written` into the desired state, in an order the kernel accepts. */

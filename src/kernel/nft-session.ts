@@ -101,14 +101,16 @@ export class NftSession {
   }
 
   /**
-   * Runs `line` only if the process is running and has not run anything yet
-   * (never starts one), and ignores its outcome: a warm-up, so that the next
-   * transaction does not pay for the process's first command.
+   * Runs `lines`, one transaction each, only if the process is running and
+   * has not run anything yet (never starts one), and ignores their outcome: a
+   * warm-up, so that the next transactions do not pay for the process's first
+   * commands (nft's first command and its second each cost a few ms more
+   * than the ones after them).
    */
-  async prime(line: string): Promise<void> {
+  async prime(...lines: string[]): Promise<void> {
     if (!this.fresh) return;
     try {
-      await this.run(line);
+      for (const line of lines) await this.run(line);
     } catch {
       // A broken session is found (and reported) by the transaction that needs it.
     }

@@ -115,7 +115,8 @@ describe('NftManager with a kept session', () => {
   it('hands the transaction to nft -f when the session breaks', async () => {
     const r = runner();
     const nft = new NftManager({ table: 'virtfw', runner: r, maps, sessionTimeoutMs: 2000 });
-    nft.setSet('s', 'ipv4_addr', []);
+    // (s holds an element, so that the warm-up's no-op element add names s, not the set that hangs the stand-in.)
+    nft.setSet('s', 'ipv4_addr', ['10.0.0.9']);
     nft.setSet('hang', 'ipv4_addr', []);
     await nft.apply();
     expect(r.ran).toHaveLength(1);
@@ -127,14 +128,14 @@ describe('NftManager with a kept session', () => {
     // A new session is ready for the next element change (started once the fallback committed).
     await afterReturn();
     expect(started).toHaveLength(2);
-    nft.setSet('s', 'ipv4_addr', ['10.0.0.5']);
+    nft.setSet('s', 'ipv4_addr', ['10.0.0.9', '10.0.0.5']);
     await nft.apply();
     expect(started).toHaveLength(2);
     expect(r.ran).toHaveLength(2);
     nft.close();
   });
 
-  it('warms a new session with one no-op transaction after an apply, queued before the next change', async () => {
+  it('warms a new session with two no-op transactions after an apply, queued before the next change', async () => {
     const r = runner();
     const written: string[] = [];
     const recording: CommandRunner = {
@@ -150,15 +151,22 @@ describe('NftManager with a kept session', () => {
       },
     };
     const nft = new NftManager({ table: 'virtfw', runner: recording, maps });
-    nft.setSet('s', 'ipv4_addr', []);
-    await nft.apply();
-    await afterReturn();
+    nft.setSet('empty', 'ipv4_addr', []);
     nft.setSet('s', 'ipv4_addr', ['10.0.0.1']);
     await nft.apply();
+    await afterReturn();
     nft.setSet('s', 'ipv4_addr', ['10.0.0.1', '10.0.0.2']);
     await nft.apply();
-    // The warm-up came first, once: the session was not new any more after it.
-    expect(written).toEqual(['add table inet virtfw', 'add element inet virtfw s { 10.0.0.1 }', 'add element inet virtfw s { 10.0.0.2 }']);
+    nft.setSet('s', 'ipv4_addr', ['10.0.0.1', '10.0.0.2', '10.0.0.3']);
+    await nft.apply();
+    // The warm-up came first, once (the session was not new any more after
+    // it): the table, then an element the kernel holds, added again.
+    expect(written).toEqual([
+      'add table inet virtfw',
+      'add element inet virtfw s { 10.0.0.1 }',
+      'add element inet virtfw s { 10.0.0.2 }',
+      'add element inet virtfw s { 10.0.0.3 }',
+    ]);
     expect(r.ran).toHaveLength(1);
     nft.close();
   });
