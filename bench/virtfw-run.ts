@@ -28,7 +28,8 @@
  * when the ruleset has no ipset key; nftables: its one `nft` script) and time
  * only the real tools loading it into the (fresh, empty) namespace.
  */
-import { spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { execFile, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { promisify } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { IptablesFirewallDriver } from '../src/drivers/iptables-driver.js';
 import { NftablesFirewallDriver } from '../src/drivers/nftables-driver.js';
@@ -74,6 +75,7 @@ const netns: string = ns;
 const variant = driverKind === 'nftables' ? 'nftables' : memberMatch;
 
 const log = (msg: string) => process.stderr.write(`[virtfw ${variant}${toolsOnly ? ' tools-only' : ''}] ${msg}\n`);
+const execFileAsync = promisify(execFile);
 const round = (x: number, digits = 6) => Number(x.toFixed(digits));
 
 /** Either driver, constructed as production would (the runner is the only bench-specific part). */
@@ -272,13 +274,23 @@ function summarize(wall: number, virtapi: number, calls: readonly Call[]): Phase
 
 // ------------------------------------------------------------ kernel counts
 
-/** Runs a small shell pipeline in the namespace; only its (tiny) output enters this process. */
-function nsOutput(pipeline: string): string {
-  return spawnSync('ip', ['netns', 'exec', netns, 'sh', '-c', pipeline], { encoding: 'utf8' }).stdout.trim();
+/**
+ * Runs a small shell pipeline in the namespace; only its (tiny) output enters
+ * this process. Asynchronous, as a service's own work would be: the driver's
+ * background work (its start-up look for other firewalls, the kept `nft -i`'s
+ * warm-up) runs while the counts are taken, not in the next timed phase.
+ */
+async function nsOutput(pipeline: string): Promise<string> {
+  try {
+    const { stdout } = await execFileAsync('ip', ['netns', 'exec', netns, 'sh', '-c', pipeline], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    return stdout.trim();
+  } catch (err) {
+    return String((err as { stdout?: string }).stdout ?? '').trim(); // grep -c exits 1 when it counts 0
+  }
 }
 
-function nsCount(pipeline: string): number {
-  const n = Number.parseInt(nsOutput(pipeline), 10);
+async function nsCount(pipeline: string): Promise<number> {
+  const n = Number.parseInt(await nsOutput(pipeline), 10);
   return Number.isFinite(n) ? n : 0;
 }
 
@@ -341,8 +353,8 @@ const NFT_COUNTS_PY = [
 
 const EMPTY_NFT: NftTableCounts = { rules: 0, chains: 0, instance_rules: 0, instance_chains: 0, sets: 0, set_elements: 0, maps: 0, map_elements: 0 };
 
-function nftTableCounts(family: 'inet' | 'bridge', instanceRe = ''): NftTableCounts {
-  const out = nsOutput(`nft -j list table ${family} ${PREFIX} 2>/dev/null | /usr/bin/python3 -c '${NFT_COUNTS_PY}' '${instanceRe}'`);
+async function nftTableCounts(family: 'inet' | 'bridge', instanceRe = ''): Promise<NftTableCounts> {
+  const out = await nsOutput(`nft -j list table ${family} ${PREFIX} 2>/dev/null | /usr/bin/python3 -c '${NFT_COUNTS_PY}' '${instanceRe}'`);
   try {
     return { ...EMPTY_NFT, ...(JSON.parse(out) as Partial<NftTableCounts>) };
   } catch {
@@ -350,16 +362,16 @@ function nftTableCounts(family: 'inet' | 'bridge', instanceRe = ''): NftTableCou
   }
 }
 
-function kernelCounts(): KernelCounts {
-  const bridge = nftTableCounts('bridge');
+async function kernelCounts(): Promise<KernelCounts> {
+  const bridge = await nftTableCounts('bridge');
   return {
-    rules_v4: nsCount(`iptables-save | grep -c '^-A '`),
-    rules_v6: nsCount(`ip6tables-save | grep -c '^-A '`),
+    rules_v4: await nsCount(`iptables-save | grep -c '^-A '`),
+    rules_v6: await nsCount(`ip6tables-save | grep -c '^-A '`),
     bridge_rules: bridge.rules,
     bridge_set_elements: bridge.set_elements + bridge.map_elements,
-    inet: nftTableCounts('inet', INSTANCE_CHAIN_RE),
-    ipset_sets: nsCount(`ipset save 2>/dev/null | grep -c '^create '`),
-    ipset_members: nsCount(`ipset save 2>/dev/null | grep -c '^add '`),
+    inet: await nftTableCounts('inet', INSTANCE_CHAIN_RE),
+    ipset_sets: await nsCount(`ipset save 2>/dev/null | grep -c '^create '`),
+    ipset_members: await nsCount(`ipset save 2>/dev/null | grep -c '^add '`),
   };
 }
 
@@ -424,11 +436,14 @@ async function measuredRun(): Promise<Record<string, unknown>> {
     const peakAfter: Record<string, number> = {};
     result.peak_rss_kb_after_phase = peakAfter;
     peakAfter.prepare_all = peakRssKb().maxrss_kb;
-    counts.after_prepare = kernelCounts();
+    counts.after_prepare = await kernelCounts();
     checks.filtered_instances = driver.status().filter((s) => s.filtered).length;
     checks.driver_rule_counts = driver.ruleCounts();
     checks.prepare_all_apply_stats = driver.lastApplyStats ? { ...driver.lastApplyStats } : null;
-    if (driver instanceof NftablesFirewallDriver) checks.conflicts_found = driver.conflicts;
+    if (driver instanceof NftablesFirewallDriver) {
+      await driver.conflictsChecked(); // its start-up look, run after the first apply (while the counts above were taken)
+      checks.conflicts_found = driver.conflicts;
+    }
 
     failedPhase = 'member_add';
     const memberSamples: PhaseResult[] = [];
@@ -455,7 +470,7 @@ async function measuredRun(): Promise<Record<string, unknown>> {
     phases.rule_add = { median_wall_s: round(medianOf(ruleSamples.map((s) => s.wall_s))), samples: ruleSamples };
     log(`rule_add: ${JSON.stringify(ruleSamples.map((s) => s.wall_s))}`);
     peakAfter.rule_add = peakRssKb().maxrss_kb;
-    counts.after_changes = kernelCounts();
+    counts.after_changes = await kernelCounts();
 
     failedPhase = 'remove_all';
     checks.calls_outside_phases = runner.take('idle').length; // expected 0
@@ -483,11 +498,11 @@ async function measuredRun(): Promise<Record<string, unknown>> {
     };
     log(`remove_all: ${removeAll.wall_s}s; conntrack cleanup ${cleanup.wall_s}s wall (${conntrack.calls + between} calls)`);
     peakAfter.remove_all = peakRssKb().maxrss_kb;
-    counts.after_remove = kernelCounts();
+    counts.after_remove = await kernelCounts();
   } catch (err) {
     result.failed = `${failedPhase}: ${errorText(err)}`;
     log(`FAILED in ${failedPhase}: ${errorText(err)}`);
-    if (!counts.after_prepare) counts.after_failure = kernelCounts();
+    if (!counts.after_prepare) counts.after_failure = await kernelCounts();
   }
   await driver.close();
   const rss = peakRssKb();
@@ -577,7 +592,7 @@ async function toolsOnlyRun(): Promise<Record<string, unknown>> {
   }
   result.tools = tools;
   result.tools_only_s = round(total);
-  result.counts = kernelCounts();
+  result.counts = await kernelCounts();
   if (notes.length) result.notes = notes;
   if (failed) result.failed = failed;
   log(`tools_only: ${round(total, 3)}s ${failed ? `FAILED ${failed}` : ''}`);
