@@ -101,8 +101,6 @@ export class NftManager {
   readonly #serial = new Mutex();
   /** a kept `nft -i` for element-only transactions, when the runner can keep one */
   readonly #session: NftSession | undefined;
-  /** the session warm-up queued behind the apply that returned last */
-  #warming: NodeJS.Immediate | undefined;
   lastInput = '';
 
   constructor(options: NftManagerOptions) {
@@ -117,8 +115,6 @@ export class NftManager {
 
   /** Ends the kept `nft -i`, if any (the kernel keeps its rules). */
   close(): void {
-    clearImmediate(this.#warming);
-    this.#warming = undefined;
     this.#session?.close();
   }
 
@@ -350,23 +346,13 @@ export class NftManager {
    * through its first two commands (nft's first ruleset cache fill; the first
    * element change after it), which cost a few ms more than the ones after
    * them: no-op transactions (the table exists; an element a set already
-   * holds is added again), queued like an apply. Started once the apply has
-   * returned: starting a process blocks this thread for milliseconds, which
-   * the caller of the apply need not wait for.
+   * holds is added again), queued like an apply, once the apply has returned.
    */
   #warmSession(): void {
-    const session = this.#session;
-    if (!session || this.#warming) return;
-    this.#warming = setImmediate(() => {
-      this.#warming = undefined;
-      session.warm();
-      if (!session.fresh) return;
-      void this.#serial.run(() => {
-        const noop = this.#heldElement();
-        return session.prime(`add table inet ${this.table}`, ...(noop ? [`add element inet ${this.table} ${noop.set} { ${noop.element} }`] : []));
-      });
+    this.#session?.warmLater(this.#serial, () => {
+      const noop = this.#heldElement();
+      return [`add table inet ${this.table}`, ...(noop ? [`add element inet ${this.table} ${noop.set} { ${noop.element} }`] : [])];
     });
-    this.#warming.unref();
   }
 
   /** An element the kernel holds, as last written (adding it again changes nothing). */
