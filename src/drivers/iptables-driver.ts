@@ -64,6 +64,11 @@ export class IptablesFirewallDriver extends ModelFirewallDriver {
     };
   }
 
+  /** Ends the kept `ipset -` process (the kernel keeps every rule and set). */
+  override async close(): Promise<void> {
+    this.ipsets.close();
+  }
+
   /**
    * The full ruleset this driver wants, as the tools' input: iptables-restore
    * (--noflush) per family, the bridge table's nft script, and ipset restore.
