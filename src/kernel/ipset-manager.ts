@@ -193,6 +193,10 @@ export class IpsetManager {
         if (before && removals) {
           lines.push(`destroy ${name}`);
           nextWritten.delete(name);
+        } else if (before) {
+          // A set of ours nothing wants (an earlier run's, found by the
+          // listing): destroyed by the next apply(), once no rule uses it.
+          this.#dirty.add(name);
         }
         if (removals || !before) cleaned.set(name, undefined);
         continue;
@@ -228,12 +232,17 @@ export class IpsetManager {
     this.#written = nextWritten;
     // A set changed again while the restore ran stays dirty for the next one.
     for (const [name, wrote] of cleaned) if (this.#desired.get(name) === wrote) this.#dirty.delete(name);
-    // The next change is likely a membership change: have the session ready.
+    // The next change is likely a membership change: have the session ready
+    // (when there are sets to change: with no member sets, none is started).
+    if (this.#desired.size > 0) this.#warmLater();
+    return lines.length ? 1 : 0;
+  }
+
+  #warmLater(): void {
     this.#session?.warmLater(this.#serial, () => {
       const held = this.#heldMember();
       return held ? [`add ${held.name} ${held.member} -exist`] : [];
     });
-    return lines.length ? 1 : 0;
   }
 
   /**
