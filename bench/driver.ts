@@ -10,7 +10,8 @@
  *   npm run bench                     every variant, each in a child process of its own, as a table
  *   npm run bench -- --variant iptables-ipset|iptables-expand|nftables [--instances N]   one, as JSON
  */
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { IptablesFirewallDriver } from '../src/drivers/iptables-driver.js';
 import { NftablesFirewallDriver } from '../src/drivers/nftables-driver.js';
@@ -71,12 +72,19 @@ function groupRules(g: number): SecurityGroupRule[] {
   ];
 }
 
-function countRules(ns: string): { v4: number; v6: number; inet: number; bridge: number } {
-  const count = (argv: string[], re: RegExp) =>
-    spawnSync('ip', ['netns', 'exec', ns, ...argv], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout.split('\n').filter((l) => re.test(l)).length;
+/**
+ * Rules in the namespace, counted asynchronously (as a service's own work
+ * would run): the driver's background work after its first apply (the
+ * nftables driver's look for other firewalls, the kept processes' warm-up)
+ * runs meanwhile, not inside the member events timed next.
+ */
+async function countRules(ns: string): Promise<{ v4: number; v6: number; inet: number; bridge: number }> {
+  const output = async (argv: string[]) =>
+    (await execFileAsync('ip', ['netns', 'exec', ns, ...argv], { encoding: 'utf8', maxBuffer: 1 << 28 }).catch((err: { stdout?: string }) => err)).stdout ?? '';
+  const count = async (argv: string[], re: RegExp) => (await output(argv)).split('\n').filter((l) => re.test(l)).length;
   // nft rules are the lines of a chain's body after its type/policy line; set and map bodies are elements, not rules.
-  const nftRules = (family: string) => {
-    const out = spawnSync('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', family, 'virtfw'], { encoding: 'utf8', maxBuffer: 1 << 28 }).stdout;
+  const nftRules = async (family: string) => {
+    const out = await output(['nft', 'list', 'table', family, 'virtfw']);
     let inChain = false;
     let n = 0;
     for (const line of out.split('\n')) {
@@ -87,12 +95,14 @@ function countRules(ns: string): { v4: number; v6: number; inet: number; bridge:
     return n;
   };
   return {
-    v4: count(['iptables-save'], /^-A /),
-    v6: count(['ip6tables-save'], /^-A /),
-    inet: nftRules('inet'),
-    bridge: nftRules('bridge'),
+    v4: await count(['iptables-save'], /^-A /),
+    v6: await count(['ip6tables-save'], /^-A /),
+    inet: await nftRules('inet'),
+    bridge: await nftRules('bridge'),
   };
 }
+
+const execFileAsync = promisify(execFile);
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
@@ -120,7 +130,8 @@ async function one(v: Variant): Promise<void> {
     const modelMs = performance.now() - t;
     await driver.filterDeferApplyOff();
     const prepareMs = performance.now() - t;
-    const counts = countRules(ns);
+    const counts = await countRules(ns);
+    if (driver instanceof NftablesFirewallDriver) await driver.conflictsChecked();
 
     // New members of g1, which the rules of g0 name as their source, one at a time.
     const memberTimes: number[] = [];
