@@ -9,11 +9,8 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ApplyError } from '../../src/errors.js';
-import { ProcessRunner, type CommandRunner } from '../../src/kernel/exec.js';
 import { EGRESS_ALL, Lab, expectReach, tcp } from '../helpers/fixtures.js';
-
-const exited = (child: ChildProcessWithoutNullStreams) =>
-  child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise<void>((resolve) => child.once('close', () => resolve()));
+import { exited, recordingRunner } from '../helpers/recording-runner.js';
 
 describe('IptablesFirewallDriver: member changes through a kept ipset process', () => {
   const labs: Lab[] = [];
@@ -33,20 +30,8 @@ describe('IptablesFirewallDriver: member changes through a kept ipset process', 
     const o = await lab.vm('o', 20);
     await lab.serve(b);
     // Every tool the driver runs, and the processes it keeps.
-    const real = new ProcessRunner();
-    const ran: string[] = [];
-    const kept: ChildProcessWithoutNullStreams[] = [];
-    const runner: CommandRunner = {
-      run: (argv, opts) => {
-        ran.push(argv.slice(argv.indexOf('--') + 1).join(' '));
-        return real.run(argv, opts);
-      },
-      start: (argv) => {
-        const child = real.start(argv);
-        kept.push(child);
-        return child;
-      },
-    };
+    const runner = recordingRunner();
+    const { ran, kept } = runner;
     const driver = lab.driver('iptables', { runner, memberMatch: 'ipset' });
     const set4 = driver.names.memberSet('db', 4);
     const members = async () => (await lab.hostMust(['ipset', 'list', set4])).split('Members:\n')[1]?.trim().split('\n').filter(Boolean).sort() ?? [];

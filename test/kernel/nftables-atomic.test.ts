@@ -22,7 +22,7 @@ import { ApplyError } from '../../src/errors.js';
 import { NFT, nftNames } from '../../src/render/nftables.js';
 import { EGRESS_ALL, Lab, chainNamesOf, expectReach, nftElements, nftRuleset, tcp, type Vm } from '../helpers/fixtures.js';
 import { capture, sendFrames } from '../helpers/probe.js';
-import { ProcessRunner, type CommandRunner } from '../../src/kernel/exec.js';
+import { exited, recordingRunner } from '../helpers/recording-runner.js';
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 
 async function applyError(work: Promise<unknown>): Promise<ApplyError> {
@@ -260,20 +260,8 @@ describe.concurrent('NftablesFirewallDriver: a failed transaction', () => {
     const o = await lab.vm('o', 20);
     await lab.serve(b);
     // Every tool the driver runs or starts, and the processes it keeps.
-    const real = new ProcessRunner();
-    const ran: string[] = [];
-    const kept: ChildProcessWithoutNullStreams[] = [];
-    const runner: CommandRunner = {
-      run: (argv, opts) => {
-        ran.push(argv.slice(argv.indexOf('--') + 1).join(' '));
-        return real.run(argv, opts);
-      },
-      start: (argv) => {
-        const child = real.start(argv);
-        kept.push(child);
-        return child;
-      },
-    };
+    const runner = recordingRunner();
+    const { ran, kept } = runner;
     const driver = lab.driver('nftables', { runner });
     await lab.filter(driver, a, b);
     const set4 = nftNames.memberSet('db', 4);
@@ -309,7 +297,7 @@ describe.concurrent('NftablesFirewallDriver: a failed transaction', () => {
     // in the middle of a change hands it to nft -f: test/unit/nft-session.test.ts).
     const first = kept[0] as ChildProcessWithoutNullStreams;
     first.kill('SIGKILL');
-    await new Promise((resolve) => (first.exitCode === null && first.signalCode === null ? first.once('close', resolve) : resolve(null)));
+    await exited(first);
     lab.api.putInstance(o.instance, o.nwinfo, ['db']);
     ran.length = 0;
     await driver.refreshSecurityGroupMembers('db');
@@ -321,7 +309,7 @@ describe.concurrent('NftablesFirewallDriver: a failed transaction', () => {
     // close() ends the kept process.
     await driver.close();
     const last = kept.at(-1) as ChildProcessWithoutNullStreams;
-    if (last.exitCode === null && last.signalCode === null) await new Promise((resolve) => last.once('close', resolve));
+    await exited(last);
     expect(last.exitCode !== null || last.signalCode !== null).toBe(true);
   });
 });
