@@ -97,7 +97,7 @@ export class ToolSession {
   }
 
   /** Starts the process ahead of its first transaction, so that one does not wait for it. */
-  warm(): void {
+  #warm(): void {
     try {
       this.#ensure();
       this.#armIdle();
@@ -109,21 +109,21 @@ export class ToolSession {
   /**
    * Once the caller's current work has returned (setImmediate: starting a
    * process blocks this thread for milliseconds), starts the process if none
-   * runs and primes a new one with `lines()` (see `prime`), queued on
+   * runs and primes a new one with `lines()` (see `#prime`), queued on
    * `serial` like a transaction. Cancelled by close().
    */
   warmLater(serial: Mutex, lines: () => string[]): void {
     if (this.#warming) return;
     this.#warming = setImmediate(() => {
       this.#warming = undefined;
-      this.warm();
-      if (this.fresh) void serial.run(() => this.prime(...lines()));
+      this.#warm();
+      if (this.#fresh) void serial.run(() => this.#prime(lines()));
     });
     this.#warming.unref();
   }
 
   /** Is a process running that has not run a transaction yet? */
-  get fresh(): boolean {
+  get #fresh(): boolean {
     return this.#child !== undefined && !this.#used;
   }
 
@@ -134,8 +134,8 @@ export class ToolSession {
    * commands (nft's first command and its second each cost a few ms more
    * than the ones after them).
    */
-  async prime(...lines: string[]): Promise<void> {
-    if (!this.fresh) return;
+  async #prime(lines: readonly string[]): Promise<void> {
+    if (!this.#fresh) return;
     try {
       for (const line of lines) await this.run(line);
     } catch {
