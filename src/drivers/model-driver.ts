@@ -309,12 +309,12 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     if (!Array.isArray(records)) throw new ValidationError(`securityGroup ${groupId} members`, 'VirtAPI returned a non-array');
     const v4 = new Set<string>();
     const v6 = new Set<string>();
-    records.forEach((record, i) => {
-      const addresses = memberAddresses(record, `securityGroup ${groupId} members[${i}]`);
-      if (!addresses) return;
+    for (let i = 0; i < records.length; i++) {
+      const addresses = memberAddresses(records[i], () => `securityGroup ${groupId} members[${i}]`);
+      if (!addresses) continue;
       for (const a of addresses[4]) v4.add(a);
       for (const a of addresses[6]) v6.add(a);
-    });
+    }
     const members: MemberAddresses = { 4: [...v4].sort(), 6: [...v6].sort() };
     this.#batchCache?.members.set(groupId, members);
     return members;

@@ -32,7 +32,15 @@ const FOUR_PART_DECIMAL = /^(0|[1-9]\d{0,2})(\.(0|[1-9]\d{0,2})){3}$/;
 
 /** Canonical text of an IPv4 or IPv6 address, or null when it is not one. */
 export function parseAddress(text: unknown): ParsedAddress | null {
-  if (typeof text !== 'string' || text.length > 45 || text.includes('%')) return null;
+  if (typeof text !== 'string') return null;
+  // A hit is one lookup; the parser lives in its own function so that the
+  // compiled hot path stays small.
+  const hit = addressMemo.get(text);
+  return hit !== undefined ? hit : parseAddressText(text);
+}
+
+function parseAddressText(text: string): ParsedAddress | null {
+  if (text.length > 45 || text.includes('%')) return null;
   return memo(addressMemo, text, () => {
     // The family is decided by the separator, so ipaddr.js parses each
     // address once (its isValid* checks parse it too) and throws only for
@@ -51,7 +59,13 @@ export function parseAddress(text: unknown): ParsedAddress | null {
  * is read as a host route (/32 or /128).
  */
 export function parseCidr(text: unknown): ParsedCidr | null {
-  if (typeof text !== 'string' || text.length > 49) return null;
+  if (typeof text !== 'string') return null;
+  const hit = cidrMemo.get(text);
+  return hit !== undefined ? hit : parseCidrText(text);
+}
+
+function parseCidrText(text: string): ParsedCidr | null {
+  if (text.length > 49) return null;
   return memo(cidrMemo, text, () => computeCidr(text));
 }
 

@@ -195,6 +195,39 @@ describe('member addresses', () => {
     expect(err).toBeInstanceOf(ValidationError);
     expect((err as ValidationError).field).toBe('securityGroup g members[3].networkInfo[0].network.subnets[0].ips[0].address');
   });
+
+  it('builds the field name only for an error, from a function', () => {
+    let built = 0;
+    const field = () => {
+      built += 1;
+      return 'securityGroup g members[4]';
+    };
+    expect(memberAddresses(member('10.0.0.8'), field)).toEqual({ 4: ['10.0.0.8'], 6: [] });
+    expect(built).toBe(0);
+    expect(() => memberAddresses({ instance: { id: 'bad id' } }, field)).toThrow(
+      expect.objectContaining({ field: 'securityGroup g members[4].instance.id' }),
+    );
+    expect(built).toBe(1);
+  });
+
+  it('skips a deleted member and refuses a deleted flag that is not a boolean', () => {
+    expect(memberAddresses({ ...member('10.0.0.7'), instance: { id: 'm1', deleted: true } }, 'm')).toBeNull();
+    expect(() => memberAddresses({ ...member('10.0.0.7'), instance: { id: 'm1', deleted: 'yes' } }, 'm')).toThrow(
+      expect.objectContaining({ field: 'm.instance.deleted' }),
+    );
+  });
+
+  it('checks only what membership needs: a member\'s name does not block its group', () => {
+    expect(memberAddresses({ ...member('10.0.0.7'), instance: { id: 'm1', name: 'bad\nname' } }, 'm')).toEqual({ 4: ['10.0.0.7'], 6: [] });
+  });
+
+  it.each([
+    ['a record that is not an object', 'x', 'm'],
+    ['an instance without an id', { instance: {} }, 'm.instance.id'],
+    ['network info that is not an array', { instance: { id: 'm1' }, networkInfo: {} }, 'm.networkInfo'],
+  ])('names the field of %s', (_label, record, field) => {
+    expect(() => memberAddresses(record, 'm')).toThrow(expect.objectContaining({ field }));
+  });
 });
 
 describe('addresses', () => {
