@@ -16,7 +16,7 @@ import { NetnsRunner, ProcessRunner, type CommandRunner } from '../kernel/exec.j
 import { silentLogger, type Logger } from '../logger.js';
 import type { Instance, IpVersion, NetworkInfo, NormalizedProviderRule, NormalizedRule, NormalizedVif } from '../model/types.js';
 import { parseAddress } from '../model/addresses.js';
-import { memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
+import { groupMemberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
 import { VERSIONS, instanceAddresses, type InstanceView, type MemberAddresses, type RenderOptions } from '../render/iptables-rules.js';
 import { Names } from '../render/names.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
@@ -307,15 +307,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     if (cached) return cached;
     const records = await this.virtapi.getSecurityGroupMembers(groupId);
     if (!Array.isArray(records)) throw new ValidationError(`securityGroup ${groupId} members`, 'VirtAPI returned a non-array');
-    const v4 = new Set<string>();
-    const v6 = new Set<string>();
-    for (let i = 0; i < records.length; i++) {
-      const addresses = memberAddresses(records[i], () => `securityGroup ${groupId} members[${i}]`);
-      if (!addresses) continue;
-      for (const a of addresses[4]) v4.add(a);
-      for (const a of addresses[6]) v6.add(a);
-    }
-    const members: MemberAddresses = { 4: [...v4].sort(), 6: [...v6].sort() };
+    const members: MemberAddresses = groupMemberAddresses(records, `securityGroup ${groupId} members`);
     this.#batchCache?.members.set(groupId, members);
     return members;
   }

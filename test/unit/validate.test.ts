@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../../src/errors.js';
 import ipaddr from 'ipaddr.js';
 import { linkLocalFromMac, parseAddress, parseCidr } from '../../src/model/addresses.js';
-import { memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
+import { groupMemberAddresses, memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
 
 function fieldOf(fn: () => unknown): string {
   try {
@@ -214,6 +214,24 @@ describe('member addresses', () => {
     expect(memberAddresses({ ...member('10.0.0.7'), instance: { id: 'm1', deleted: true } }, 'm')).toBeNull();
     expect(() => memberAddresses({ ...member('10.0.0.7'), instance: { id: 'm1', deleted: 'yes' } }, 'm')).toThrow(
       expect.objectContaining({ field: 'm.instance.deleted' }),
+    );
+  });
+
+  it('gives a group\'s addresses per family, sorted, each once, without deleted members', () => {
+    const records = [
+      member('10.0.0.9'),
+      { ...member('10.0.0.5'), instance: { id: 'gone', deleted: true } },
+      member('2001:db8::2', '2001:db8::/64'),
+      member('10.0.0.10'),
+      member('10.0.0.9'),
+    ];
+    expect(groupMemberAddresses(records, 'securityGroup g members')).toEqual({ 4: ['10.0.0.10', '10.0.0.9'], 6: ['2001:db8::2'] });
+    expect(groupMemberAddresses([], 'securityGroup g members')).toEqual({ 4: [], 6: [] });
+  });
+
+  it('names the member a group\'s bad record is', () => {
+    expect(() => groupMemberAddresses([member('10.0.0.9'), member('10.0.0.9'), member('10.0.1')], 'securityGroup g members')).toThrow(
+      expect.objectContaining({ field: 'securityGroup g members[2].networkInfo[0].network.subnets[0].ips[0].address' }),
     );
   });
 
