@@ -15,6 +15,8 @@ export class InMemoryVirtAPI implements VirtAPI {
   readonly #groups = new Map<string, SecurityGroup>();
   readonly #rules = new Map<string, SecurityGroupRule[]>();
   readonly #instances = new Map<string, StoredInstance>();
+  /** group -> ids of the instances in it, so a group's members cost its size, not the whole store's */
+  readonly #members = new Map<string, Set<string>>();
   #providerRules: ProviderRule[] = [];
   #nextId = 1;
 
@@ -54,22 +56,27 @@ export class InMemoryVirtAPI implements VirtAPI {
   }
 
   putInstance(instance: Instance, networkInfo: NetworkInfo, groupIds: string[]): this {
+    const before = this.#instances.get(instance.id);
     this.#instances.set(instance.id, {
       instance: structuredClone(instance),
       networkInfo: structuredClone(networkInfo),
       groupIds: [...groupIds],
     });
+    this.#regroup(instance.id, before?.groupIds ?? [], groupIds);
     return this;
   }
 
   setInstanceGroups(instanceId: string, groupIds: string[]): this {
     const stored = this.#instances.get(instanceId);
     if (!stored) throw new Error(`unknown instance ${instanceId}`);
+    this.#regroup(instanceId, stored.groupIds, groupIds);
     stored.groupIds = [...groupIds];
     return this;
   }
 
   removeInstance(instanceId: string): this {
+    const stored = this.#instances.get(instanceId);
+    if (stored) this.#regroup(instanceId, stored.groupIds, []);
     this.#instances.delete(instanceId);
     return this;
   }
@@ -101,18 +108,31 @@ export class InMemoryVirtAPI implements VirtAPI {
 
   async getSecurityGroupMembers(groupId: string): Promise<InstanceRecord[]> {
     const members: InstanceRecord[] = [];
-    for (const stored of this.#instances.values()) {
-      if (stored.groupIds.includes(groupId)) {
-        // Stored records are never mutated in place (putInstance replaces
-        // them), so sharing them read-only is safe and spares a deep copy.
-        members.push({ instance: { ...stored.instance }, networkInfo: stored.networkInfo });
-      }
+    for (const id of this.#members.get(groupId) ?? []) {
+      const stored = this.#instances.get(id);
+      // Stored records are never mutated in place (putInstance replaces
+      // them), so sharing them read-only is safe and spares a deep copy.
+      if (stored) members.push({ instance: { ...stored.instance }, networkInfo: stored.networkInfo });
     }
     return members;
   }
 
   async getProviderRules(): Promise<ProviderRule[]> {
     return structuredClone(this.#providerRules);
+  }
+
+  #regroup(instanceId: string, before: readonly string[], after: readonly string[]): void {
+    for (const groupId of before) {
+      if (after.includes(groupId)) continue;
+      const ids = this.#members.get(groupId);
+      ids?.delete(instanceId);
+      if (ids?.size === 0) this.#members.delete(groupId);
+    }
+    for (const groupId of after) {
+      let ids = this.#members.get(groupId);
+      if (!ids) this.#members.set(groupId, (ids = new Set()));
+      ids.add(instanceId);
+    }
   }
 
   #withId(rule: SecurityGroupRule): SecurityGroupRule {
