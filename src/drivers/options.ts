@@ -27,7 +27,7 @@ export interface DriverOptions {
   bridgeFilter?: boolean;
   /** How rules naming a remote group match its members: `ipset` (default: one set per group and family) or `expand` (Nova: one rule per member address). */
   memberMatch?: MemberMatch;
-  /** Run every tool inside this named network namespace (`ip netns exec`). */
+  /** Run every tool inside this named network namespace (the one `ip netns add NAME` made; entered with `nsenter --net`). */
   netns?: string;
   /** Runs the kernel tools; default: spawn them directly (in `netns` if set). */
   runner?: CommandRunner;
