@@ -66,15 +66,17 @@ export function validateDevname(field: string, value: unknown): string {
   return value;
 }
 
-/** `field` may be given as a function, to build the name only for an error (hot paths). */
-function validateAddress(field: string | (() => string), value: unknown, version?: IpVersion): string {
+function validateAddress(field: string, value: unknown, version?: IpVersion): string {
   const parsed = parseAddress(value);
-  const name = () => (typeof field === 'string' ? field : field());
-  if (!parsed) throw new ValidationError(name(), `${describe(value)} is not a valid IP address`);
-  if (version !== undefined && parsed.version !== version) {
-    throw new ValidationError(name(), `${describe(value)} is not an IPv${version} address`);
-  }
+  if (!parsed || (version !== undefined && parsed.version !== version)) throw addressError(field, value, version);
   return parsed.address;
+}
+
+/** The error for a value that is not an address (of `version`, when given). */
+function addressError(field: string, value: unknown, version?: IpVersion): ValidationError {
+  return parseAddress(value) && version !== undefined
+    ? new ValidationError(field, `${describe(value)} is not an IPv${version} address`)
+    : new ValidationError(field, `${describe(value)} is not a valid IP address`);
 }
 
 function validateCidr(field: string, value: unknown): { cidr: string; version: IpVersion; prefixLength: number } {
@@ -242,8 +244,7 @@ function addMemberAddresses(record: unknown, field: LazyField, out: FamilyAddres
         const value = isRecord(ip) ? ip.address : undefined;
         const parsed = parseAddress(value);
         if (!parsed || (subnetVersion !== undefined && parsed.version !== subnetVersion)) {
-          validateAddress(fieldAt(field, `.networkInfo[${i}].network.subnets[${k}].ips[${j}].address`), value, subnetVersion);
-          continue; // not reached: validateAddress throws for what parseAddress refused
+          throw addressError(fieldAt(field, `.networkInfo[${i}].network.subnets[${k}].ips[${j}].address`), value, subnetVersion);
         }
         out[parsed.version].push(parsed.address);
       }
