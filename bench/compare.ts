@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { readWorkload, workloadCore } from './neutron-workload.js';
 import {
   MB,
-  evaluateIssue6,
+  evaluateNftTargets,
   evaluateTargets,
   medianOf,
   renderMarkdown,
@@ -674,7 +674,7 @@ async function main(): Promise<void> {
   const nftFailures = sizes.filter((s) => s.virtfw_nftables.status !== 'ok');
   if (nftFailures.length) {
     notes.unshift(
-      `virtfw's **nftables driver failed** at P=${nftFailures.map((s) => s.P).join(', ')}: ${nftFailures[0]?.virtfw_nftables.reason ?? ''}. Its issue-6 targets are therefore FAIL in this run.`,
+      `virtfw's **nftables driver failed** at P=${nftFailures.map((s) => s.P).join(', ')}: ${nftFailures[0]?.virtfw_nftables.reason ?? ''}. Its targets are therefore FAIL in this run.`,
     );
   }
   const busiest = Math.max(
@@ -699,7 +699,7 @@ async function main(): Promise<void> {
     config,
     sizes,
     targets: evaluateTargets(sizes),
-    targets_issue6: evaluateIssue6(sizes),
+    targets_nftables: evaluateNftTargets(sizes),
     notes,
   };
   const markdown = renderMarkdown(doc);

@@ -1,7 +1,7 @@
 /**
  * bench:compare report: the result document's types, the metrics pulled
- * from each side, the issue-5 targets (iptables driver), the issue-6 targets
- * (nftables driver), and the markdown tables.
+ * from each side, the scale targets (iptables driver), the nftables driver's
+ * targets, and the markdown tables.
  */
 
 export type Status = 'ok' | 'failed' | 'skipped';
@@ -68,8 +68,8 @@ export interface TargetRow {
   expand: { value: string; verdict: string };
 }
 
-/** One issue-6 target, for virtfw's nftables driver. */
-export interface Issue6Row {
+/** One target of virtfw's nftables driver. */
+export interface NftTargetRow {
   target: string;
   requirement: string;
   value: string;
@@ -77,7 +77,7 @@ export interface Issue6Row {
 }
 
 /** Per size: how the nftables driver's rules and elements grow with P. */
-export interface Issue6Growth {
+export interface NftGrowth {
   P: number;
   inet_rules?: number;
   inet_instance_rules?: number;
@@ -90,11 +90,11 @@ export interface Issue6Growth {
   bridge_set_elements?: number;
 }
 
-export interface Issue6Targets {
+export interface NftTargets {
   at_P: number;
   official: boolean;
-  rows: Issue6Row[];
-  growth: Issue6Growth[];
+  rows: NftTargetRow[];
+  growth: NftGrowth[];
 }
 
 export interface CompareDocument {
@@ -106,7 +106,7 @@ export interface CompareDocument {
   config: Record<string, unknown>;
   sizes: SizeResult[];
   targets: { at_P: number; official: boolean; rows: TargetRow[] };
-  targets_issue6: Issue6Targets;
+  targets_nftables: NftTargets;
   notes: string[];
 }
 
@@ -377,21 +377,21 @@ export function targetsTable(t: CompareDocument['targets']): string {
   return lines.join('\n');
 }
 
-// ---------------------------------------------------------- issue-6 targets
+// -------------------------------------------------- nftables driver targets
 
 /** Per-instance rules may vary this much over the sizes (the mix of groups differs a little) and still count as constant. */
 const PER_INSTANCE_TOLERANCE = 1.05;
 
 /**
- * Issue 6, for virtfw's nftables driver at 1,000 instances (or the largest P
+ * The nftables driver's targets at 1,000 instances (or the largest P
  * run, marked indicative): programming ≥ 10× faster than Neutron with ipset
  * and ≥ 2× faster than virtfw's iptables driver (ipset) in the same run; a
  * membership change under 5 ms (median); rules per instance constant in P.
  */
-export function evaluateIssue6(sizes: SizeResult[]): Issue6Targets {
+export function evaluateNftTargets(sizes: SizeResult[]): NftTargets {
   const at = sizes.find((s) => s.P === 1000) ?? sizes.reduce<SizeResult | undefined>((a, s) => (!a || s.P > a.P ? s : a), undefined);
   const official = at?.P === 1000;
-  const growth: Issue6Growth[] = [...sizes]
+  const growth: NftGrowth[] = [...sizes]
     .sort((a, b) => a.P - b.P)
     .map((s) => {
       const m = s.virtfw_nftables.metrics;
@@ -407,7 +407,7 @@ export function evaluateIssue6(sizes: SizeResult[]): Issue6Targets {
         bridge_set_elements: m.bridge_set_elements,
       };
     });
-  const rows: Issue6Row[] = [];
+  const rows: NftTargetRow[] = [];
   if (!at) return { at_P: 0, official: false, rows, growth };
   const nft = at.virtfw_nftables;
   const v = nft.metrics;
@@ -489,12 +489,12 @@ export function medianOf(xs: readonly number[]): number {
   return n % 2 ? (s[(n - 1) / 2] ?? NaN) : ((s[n / 2 - 1] ?? 0) + (s[n / 2] ?? 0)) / 2;
 }
 
-export function issue6Table(t: Issue6Targets): string {
+export function nftTargetsTable(t: NftTargets): string {
   return [`| target | requirement | virtfw nftables | verdict |`, `|---|---|---|---|`, ...t.rows.map((r) => `| ${r.target} | ${r.requirement} | ${r.value} | **${r.verdict}** |`)].join('\n');
 }
 
 /** How the nftables driver's rules and elements grow with P: a least-squares line through total inet rules, and the table. */
-export function issue6GrowthTable(t: Issue6Targets): string {
+export function nftGrowthTable(t: NftTargets): string {
   const g = t.growth;
   const head = [
     'P',
@@ -528,7 +528,7 @@ export function issue6GrowthTable(t: Issue6Targets): string {
         ].join(' | ')} |`,
     ),
   ];
-  const pts = g.filter((r): r is Issue6Growth & { inet_rules: number } => r.inet_rules !== undefined);
+  const pts = g.filter((r): r is NftGrowth & { inet_rules: number } => r.inet_rules !== undefined);
   const out = [lines.join('\n')];
   if (pts.length >= 2) {
     const n = pts.length;
@@ -563,21 +563,21 @@ export function renderMarkdown(doc: CompareDocument): string {
       .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
       .join(', ')}.`,
     '',
-    `## Issue-5 targets at ${doc.targets.at_P} instances${doc.targets.official ? '' : ' (P=1000 not run: indicative only)'}`,
+    `## Scale targets (iptables driver) at ${doc.targets.at_P} instances${doc.targets.official ? '' : ' (P=1000 not run: indicative only)'}`,
     '',
     'Ratios are to Neutron with ipset on, in this run. The targets are for virtfw with `memberMatch: ipset`; the expand columns are for information.',
     '',
     targetsTable(doc.targets),
     '',
-    `## Issue-6 targets (nftables driver) at ${doc.targets_issue6.at_P} instances${doc.targets_issue6.official ? '' : ' (P=1000 not run: indicative only)'}`,
+    `## nftables driver targets at ${doc.targets_nftables.at_P} instances${doc.targets_nftables.official ? '' : ' (P=1000 not run: indicative only)'}`,
     '',
     'For virtfw\'s `NftablesFirewallDriver`; ratios are to Neutron with ipset on and to virtfw\'s iptables driver with `memberMatch: ipset`, in this run.',
     '',
-    issue6Table(doc.targets_issue6),
+    nftTargetsTable(doc.targets_nftables),
     '',
     'Growth with P (nftables driver, kernel counts after prepare_all, `nft -j list table inet|bridge virtfw`; instance chains are `vm-in-*`, `vm-out-*` (named by their rules: one pair per distinct list of groups, shared by the instances that have it) and `vm-spoof-*` (per instance with routed VIFs)):',
     '',
-    issue6GrowthTable(doc.targets_issue6),
+    nftGrowthTable(doc.targets_nftables),
     '',
     '## Per size',
     '',
