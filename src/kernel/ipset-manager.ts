@@ -59,7 +59,46 @@ const isMemberChange = (line: string) => line.startsWith('add ') || line.startsW
 
 interface DesiredSet {
   version: IpVersion;
-  members: ReadonlySet<string>;
+  /** sorted, each once */
+  members: readonly string[];
+}
+
+/** A set whose members are unknown (found by a listing): it is rewritten whole. */
+const UNKNOWN: readonly string[] = Object.freeze([]);
+
+/** The list sorted, each once: itself when it already is (a group's member list always is). */
+function sortedMembers(list: readonly string[]): readonly string[] {
+  for (let i = 1; i < list.length; i++) {
+    if (!((list[i - 1] as string) < (list[i] as string))) return [...new Set(list)].sort();
+  }
+  return list;
+}
+
+/**
+ * `del` lines for what `before` has and `after` lacks, then `add` lines for
+ * the reverse: one walk over both sorted lists, so a change costs a string
+ * comparison per member (and nothing when the list is the one last written).
+ */
+function memberChanges(name: string, before: readonly string[], after: readonly string[], lines: string[]): void {
+  if (before === after) return;
+  const adds: string[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < before.length || j < after.length) {
+    const gone = before[i];
+    const kept = after[j];
+    if (gone === kept) {
+      i++;
+      j++;
+    } else if (kept === undefined || (gone !== undefined && gone < kept)) {
+      lines.push(`del ${name} ${gone} -exist`);
+      i++;
+    } else {
+      adds.push(`add ${name} ${kept} -exist`);
+      j++;
+    }
+  }
+  for (const line of adds) lines.push(line);
 }
 
 export class IpsetManager {
@@ -69,8 +108,8 @@ export class IpsetManager {
   readonly #log: Logger;
   readonly #maxElements: number;
   readonly #desired = new Map<string, DesiredSet>();
-  /** set -> members as last written; null = unknown */
-  #written: Map<string, ReadonlySet<string>> | null = null;
+  /** set -> members as last written (sorted; UNKNOWN: not known); null = nothing known */
+  #written: Map<string, readonly string[]> | null = null;
   readonly #dirty = new Set<string>();
   /** applies run one at a time; a failed one does not block the next */
   readonly #serial = new Mutex();
@@ -96,7 +135,7 @@ export class IpsetManager {
 
   /** States the members of a set (created on the next apply if new). */
   setMembers(name: string, version: IpVersion, members: readonly string[]): void {
-    this.#desired.set(name, { version, members: new Set(members) });
+    this.#desired.set(name, { version, members: sortedMembers(members) });
     this.#dirty.add(name);
   }
 
@@ -110,7 +149,7 @@ export class IpsetManager {
 
   memberCount(): number {
     let n = 0;
-    for (const set of this.#desired.values()) n += set.members.size;
+    for (const set of this.#desired.values()) n += set.members.length;
     return n;
   }
 
@@ -122,7 +161,7 @@ export class IpsetManager {
   renderFull(): string {
     const lines: string[] = [];
     for (const [name, set] of [...this.#desired].sort(([a], [b]) => a.localeCompare(b))) {
-      lines.push(this.#create(name, set.version), ...[...set.members].map((m) => `add ${name} ${m}`));
+      lines.push(this.#create(name, set.version), ...set.members.map((m) => `add ${name} ${m}`));
     }
     return lines.length ? `${lines.join('\n')}\n` : '';
   }
@@ -156,7 +195,7 @@ export class IpsetManager {
     return name.replace(/-m(?=[46])/, '-t');
   }
 
-  async #observe(): Promise<Map<string, ReadonlySet<string>>> {
+  async #observe(): Promise<Map<string, readonly string[]>> {
     const result = await this.#runner.run([this.#ipset, 'list', '-n']);
     if (result.code !== 0) {
       throw new ApplyError(`${this.#ipset} list failed: ${toolReason(result.stderr) || `exit ${result.code}`}`, {
@@ -165,11 +204,11 @@ export class IpsetManager {
         stderr: result.stderr,
       });
     }
-    const ours = new Map<string, ReadonlySet<string>>();
+    const ours = new Map<string, readonly string[]>();
     for (const line of result.stdout.split('\n')) {
       const name = line.trim();
       // Members unknown: every wanted set is rewritten whole (swap).
-      if (this.#names.owns(name)) ours.set(name, new Set(['\0unknown']));
+      if (this.#names.owns(name)) ours.set(name, UNKNOWN);
     }
     return ours;
   }
@@ -202,19 +241,18 @@ export class IpsetManager {
         continue;
       }
       if (!before) {
-        lines.push(this.#create(name, desired.version), ...[...desired.members].map((m) => `add ${name} ${m}`));
-      } else if (before.has('\0unknown')) {
+        lines.push(this.#create(name, desired.version), ...desired.members.map((m) => `add ${name} ${m}`));
+      } else if (before === UNKNOWN) {
         const temp = this.#tempName(name);
         lines.push(
           this.#create(temp, desired.version),
           `flush ${temp}`,
-          ...[...desired.members].map((m) => `add ${temp} ${m}`),
+          ...desired.members.map((m) => `add ${temp} ${m}`),
           `swap ${temp} ${name}`,
           `destroy ${temp}`,
         );
       } else {
-        for (const m of before) if (!desired.members.has(m)) lines.push(`del ${name} ${m} -exist`);
-        for (const m of desired.members) if (!before.has(m)) lines.push(`add ${name} ${m} -exist`);
+        memberChanges(name, before, desired.members, lines);
       }
       nextWritten.set(name, desired.members);
       cleaned.set(name, desired);
@@ -273,7 +311,8 @@ export class IpsetManager {
   /** A member the kernel holds, as last written (adding it again with -exist changes nothing). */
   #heldMember(): { name: string; member: string } | undefined {
     for (const [name, members] of this.#written ?? []) {
-      for (const member of members) if (member !== '\0unknown') return { name, member };
+      const member = members[0];
+      if (member !== undefined) return { name, member };
     }
     return undefined;
   }
