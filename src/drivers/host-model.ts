@@ -22,9 +22,15 @@ function sameRules(a: readonly NormalizedRule[], b: readonly NormalizedRule[]): 
   return a === b || (a.length === b.length && JSON.stringify(a) === JSON.stringify(b));
 }
 
+function sameList(x: readonly string[], y: readonly string[]): boolean {
+  if (x === y) return true;
+  if (x.length !== y.length) return false;
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+  return true;
+}
+
 function sameMembers(a: MemberAddresses, b: MemberAddresses): boolean {
-  const same = (x: readonly string[], y: readonly string[]) => x === y || (x.length === y.length && x.every((v, i) => v === y[i]));
-  return same(a[4], b[4]) && same(a[6], b[6]);
+  return sameList(a[4], b[4]) && sameList(a[6], b[6]);
 }
 
 export class HostModel {
