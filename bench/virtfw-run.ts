@@ -37,7 +37,7 @@ import { NetnsRunner, ProcessRunner, type CommandResult, type CommandRunner, typ
 import { FakeKernel } from '../src/kernel/fake-kernel.js';
 import type { SecurityGroup, SecurityGroupRule, ProviderRule } from '../src/model/types.js';
 import type { MemberMatch } from '../src/render/iptables-rules.js';
-import type { InstanceRecord, VirtAPI } from '../src/virtapi/virtapi.js';
+import type { InstanceRecord, MemberAddressList, VirtAPI } from '../src/virtapi/virtapi.js';
 import { buildHost, readWorkload } from './neutron-workload.js';
 import { medianOf } from './report.js';
 
@@ -202,7 +202,7 @@ class TimingRunner implements CommandRunner {
 /** Times the VirtAPI reads (Neutron's harness excludes its fake-RPC time; we report ours). */
 class TimedVirtAPI implements VirtAPI {
   seconds = 0;
-  constructor(private readonly inner: VirtAPI) {}
+  constructor(private readonly inner: Required<VirtAPI>) {}
   async #time<T>(fn: () => Promise<T>): Promise<T> {
     const t0 = performance.now();
     try {
@@ -219,6 +219,9 @@ class TimedVirtAPI implements VirtAPI {
   }
   getSecurityGroupMembers(id: string): Promise<InstanceRecord[]> {
     return this.#time(() => this.inner.getSecurityGroupMembers(id));
+  }
+  getSecurityGroupMemberAddresses(id: string): Promise<MemberAddressList> {
+    return this.#time(() => this.inner.getSecurityGroupMemberAddresses(id));
   }
   getProviderRules(): Promise<ProviderRule[]> {
     return this.#time(() => this.inner.getProviderRules());

@@ -18,5 +18,5 @@ export type * from './model/types.js';
 export { normalizeInstance, normalizeProviderRule, normalizeRule, validateNetworkInfo } from './model/validate.js';
 export { Names } from './render/names.js';
 export { InMemoryVirtAPI } from './virtapi/memory.js';
-export type { InstanceRecord, VirtAPI } from './virtapi/virtapi.js';
+export type { InstanceRecord, MemberAddressList, VirtAPI } from './virtapi/virtapi.js';
 export { loadHost, readHostFile, type HostFile } from './hostfile/hostfile.js';

@@ -16,7 +16,7 @@ import { NetnsRunner, ProcessRunner, type CommandRunner } from '../kernel/exec.j
 import { silentLogger, type Logger } from '../logger.js';
 import type { Instance, IpVersion, NetworkInfo, NormalizedProviderRule, NormalizedRule, NormalizedVif } from '../model/types.js';
 import { parseAddress } from '../model/addresses.js';
-import { groupMemberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
+import { givenMemberAddresses, groupMemberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule, validateId, validateInstance } from '../model/validate.js';
 import { VERSIONS, instanceAddresses, type InstanceView, type MemberAddresses, type RenderOptions } from '../render/iptables-rules.js';
 import { Names } from '../render/names.js';
 import type { VirtAPI } from '../virtapi/virtapi.js';
@@ -305,11 +305,20 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   async #fetchMembers(groupId: string, fresh: boolean): Promise<MemberAddresses> {
     const cached = fresh ? undefined : this.#batchCache?.members.get(groupId);
     if (cached) return cached;
-    const records = await this.virtapi.getSecurityGroupMembers(groupId);
-    if (!Array.isArray(records)) throw new ValidationError(`securityGroup ${groupId} members`, 'VirtAPI returned a non-array');
-    const members: MemberAddresses = groupMemberAddresses(records, `securityGroup ${groupId} members`);
+    const members: MemberAddresses = await this.#readMembers(groupId);
     this.#batchCache?.members.set(groupId, members);
     return members;
+  }
+
+  /** The group's member addresses: ready-made when the store can give them, else from its members' records. */
+  async #readMembers(groupId: string): Promise<MemberAddresses> {
+    if (this.virtapi.getSecurityGroupMemberAddresses) {
+      const given = await this.virtapi.getSecurityGroupMemberAddresses(groupId);
+      return givenMemberAddresses(given, `securityGroup ${groupId} member addresses`);
+    }
+    const records = await this.virtapi.getSecurityGroupMembers(groupId);
+    if (!Array.isArray(records)) throw new ValidationError(`securityGroup ${groupId} members`, 'VirtAPI returned a non-array');
+    return groupMemberAddresses(records, `securityGroup ${groupId} members`);
   }
 
   async #readProviderRules(): Promise<NormalizedProviderRule[]> {

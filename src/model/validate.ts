@@ -181,7 +181,11 @@ export function validateNetworkInfo(value: unknown, field = 'networkInfo'): Norm
 
 /** A field name built only when an error needs it (hot paths validate thousands of records). */
 type LazyField = string | (() => string);
-const fieldAt = (field: LazyField, suffix: string): string => (typeof field === 'string' ? field : field()) + suffix;
+/** `field` + `suffix`; an empty field names just the suffix (`.networkInfo` -> `networkInfo`). */
+const fieldAt = (field: LazyField, suffix: string): string => {
+  const base = typeof field === 'string' ? field : field();
+  return base ? base + suffix : suffix.replace(/^\./, '');
+};
 
 /** A member's addresses per family. */
 interface FamilyAddresses {
@@ -195,6 +199,7 @@ interface FamilyAddresses {
  * is checked: the id, the deleted flag and each address (which must be an
  * address of its subnet's family); a member's name, devices and MACs are its
  * own host's business and do not block rules that name its group elsewhere.
+ * An empty `field` names the record's parts alone (`instance.id`, `networkInfo[0]...`).
  */
 export function memberAddresses(record: unknown, field: LazyField): FamilyAddresses | null {
   const out: FamilyAddresses = { 4: [], 6: [] };
@@ -216,6 +221,68 @@ export function groupMemberAddresses(records: readonly unknown[], field: string)
   const recordField = () => `${field}[${index}]`;
   for (; index < records.length; index++) addMemberAddresses(records[index], recordField, out);
   return { 4: sortedUnique(out[4]), 6: sortedUnique(out[6]) };
+}
+
+/** A group's member addresses per family, canonical, sorted, each once. */
+type CheckedAddresses = { readonly 4: readonly string[]; readonly 6: readonly string[] };
+
+/** Member-address answers known to be valid that cannot change (frozen): an answer given again costs one lookup. */
+const checkedAnswers = new WeakMap<object, CheckedAddresses>();
+
+/**
+ * Marks a frozen answer (with frozen lists) as checked: for a store that
+ * built it from addresses it validated when they were written, canonical,
+ * sorted and each once, so drivers take it as it is.
+ */
+export function vouchForMemberAddresses<T extends CheckedAddresses>(answer: T): T {
+  if (!unchangeable(answer, answer[4], answer[6])) throw new TypeError('only a frozen answer with frozen lists can be vouched for');
+  checkedAnswers.set(answer, answer);
+  return answer;
+}
+
+/**
+ * A group's member addresses as a data store gives them ready-made (per
+ * family, as Neutron's RPC hands its agents `sg_member_ips`): each must be an
+ * address of its family; the result is canonical, sorted, each once. An
+ * answer that is frozen, with frozen lists, cannot change, so the same answer
+ * given again (the store's group did not change) is not checked again.
+ */
+export function givenMemberAddresses(value: unknown, field: string): CheckedAddresses {
+  if (typeof value === 'object' && value !== null) {
+    const hit = checkedAnswers.get(value);
+    if (hit) return hit;
+  }
+  if (!isRecord(value)) throw new ValidationError(field, 'must be an object with the addresses of each family (4, 6)');
+  const v4 = value[4];
+  const v6 = value[6];
+  const out: FamilyAddresses = { 4: givenFamily(v4, 4, `${field}[4]`), 6: givenFamily(v6, 6, `${field}[6]`) };
+  if (unchangeable(value, v4, v6)) checkedAnswers.set(value, out);
+  return out;
+}
+
+function givenFamily(list: unknown, version: IpVersion, field: string): string[] {
+  if (list === undefined || list === null) return [];
+  if (!Array.isArray(list)) throw new ValidationError(field, 'must be an array of addresses');
+  const out: string[] = new Array<string>(list.length);
+  let ordered = true;
+  for (let i = 0; i < list.length; i++) {
+    const value: unknown = list[i];
+    const parsed = parseAddress(value);
+    if (!parsed || parsed.version !== version) throw addressError(`${field}[${i}]`, value, version);
+    out[i] = parsed.address;
+    if (i > 0 && !((out[i - 1] as string) < parsed.address)) ordered = false;
+  }
+  return ordered ? out : sortedUnique(out);
+}
+
+/** Frozen, with its lists as plain frozen data properties: nothing can change what it says. */
+function unchangeable(value: object, v4: unknown, v6: unknown): boolean {
+  if (!Object.isFrozen(value)) return false;
+  for (const key of ['4', '6']) {
+    const own = Object.getOwnPropertyDescriptor(value, key);
+    if (own && !('value' in own)) return false;
+  }
+  return [v4, v6].every((list) => list === undefined || list === null || Object.isFrozen(list));
 }
 
 /** Appends a member's addresses to `out`; false for a deleted member. */

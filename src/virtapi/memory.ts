@@ -2,14 +2,22 @@
  * An in-memory VirtAPI for tests and for embedders that keep their own state.
  * Writes store copies, so a caller's later changes to its objects do not
  * leak in; reads hand out stored network info read-only (drivers never
- * modify what they are given).
+ * modify what they are given). Each group's member addresses are kept as
+ * instances are written (GroupAddressIndex), so reading them costs nothing
+ * more for a big group than for a small one.
  */
 import type { Instance, NetworkInfo, ProviderRule, SecurityGroup, SecurityGroupRule } from '../model/types.js';
-import type { InstanceRecord, VirtAPI } from './virtapi.js';
+import { memberAddresses } from '../model/validate.js';
+import { GroupAddressIndex, type AddressesOf } from './address-index.js';
+import type { InstanceRecord, MemberAddressList, VirtAPI } from './virtapi.js';
 
 interface StoredInstance extends InstanceRecord {
   groupIds: string[];
+  /** its addresses as a member of its groups (none when deleted) */
+  addresses: AddressesOf;
 }
+
+const NO_ADDRESSES: AddressesOf = { 4: [], 6: [] };
 
 export class InMemoryVirtAPI implements VirtAPI {
   readonly #groups = new Map<string, SecurityGroup>();
@@ -17,6 +25,7 @@ export class InMemoryVirtAPI implements VirtAPI {
   readonly #instances = new Map<string, StoredInstance>();
   /** group -> ids of the instances in it, so a group's members cost its size, not the whole store's */
   readonly #members = new Map<string, Set<string>>();
+  readonly #addresses = new GroupAddressIndex();
   #providerRules: ProviderRule[] = [];
   #nextId = 1;
 
@@ -55,28 +64,36 @@ export class InMemoryVirtAPI implements VirtAPI {
     return false;
   }
 
+  /**
+   * Creates or replaces an instance. Its id, deleted flag and addresses are
+   * checked first (a ValidationError naming the field; nothing is stored).
+   */
   putInstance(instance: Instance, networkInfo: NetworkInfo, groupIds: string[]): this {
+    const addresses = memberAddresses({ instance, networkInfo }, '') ?? NO_ADDRESSES;
     const before = this.#instances.get(instance.id);
-    this.#instances.set(instance.id, {
+    const stored: StoredInstance = {
       instance: structuredClone(instance),
       networkInfo: structuredClone(networkInfo),
       groupIds: [...groupIds],
-    });
-    this.#regroup(instance.id, before?.groupIds ?? [], groupIds);
+      addresses,
+    };
+    this.#instances.set(instance.id, stored);
+    if (before) this.#regroup(before, before.groupIds, []);
+    this.#regroup(stored, [], groupIds);
     return this;
   }
 
   setInstanceGroups(instanceId: string, groupIds: string[]): this {
     const stored = this.#instances.get(instanceId);
     if (!stored) throw new Error(`unknown instance ${instanceId}`);
-    this.#regroup(instanceId, stored.groupIds, groupIds);
+    this.#regroup(stored, stored.groupIds, groupIds);
     stored.groupIds = [...groupIds];
     return this;
   }
 
   removeInstance(instanceId: string): this {
     const stored = this.#instances.get(instanceId);
-    if (stored) this.#regroup(instanceId, stored.groupIds, []);
+    if (stored) this.#regroup(stored, stored.groupIds, []);
     this.#instances.delete(instanceId);
     return this;
   }
@@ -117,21 +134,30 @@ export class InMemoryVirtAPI implements VirtAPI {
     return members;
   }
 
+  async getSecurityGroupMemberAddresses(groupId: string): Promise<MemberAddressList> {
+    return this.#addresses.answer(groupId);
+  }
+
   async getProviderRules(): Promise<ProviderRule[]> {
     return structuredClone(this.#providerRules);
   }
 
-  #regroup(instanceId: string, before: readonly string[], after: readonly string[]): void {
-    for (const groupId of before) {
+  /** Moves the instance (with its addresses) from the groups `before` to the groups `after`. */
+  #regroup(stored: StoredInstance, before: readonly string[], after: readonly string[]): void {
+    const id = stored.instance.id;
+    for (const groupId of new Set(before)) {
       if (after.includes(groupId)) continue;
       const ids = this.#members.get(groupId);
-      ids?.delete(instanceId);
+      ids?.delete(id);
       if (ids?.size === 0) this.#members.delete(groupId);
+      this.#addresses.remove(groupId, stored.addresses);
     }
-    for (const groupId of after) {
+    for (const groupId of new Set(after)) {
+      if (before.includes(groupId)) continue;
       let ids = this.#members.get(groupId);
       if (!ids) this.#members.set(groupId, (ids = new Set()));
-      ids.add(instanceId);
+      ids.add(id);
+      this.#addresses.add(groupId, stored.addresses);
     }
   }
 

@@ -86,6 +86,25 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
     expect(kernel.ipsetScripts.slice(ipsetBefore)).toEqual([`add ${driver.names.memberSet('db', 4)} 10.0.0.21 -exist\nadd ${driver.names.memberSet('db', 6)} 2001:db8::15 -exist\n`]);
   });
 
+  it('reads a group\'s members from their records when the store gives no ready-made addresses', async () => {
+    const recordsOnly = {
+      getInstanceSecurityGroups: (id: string) => api.getInstanceSecurityGroups(id),
+      getSecurityGroupRules: (id: string) => api.getSecurityGroupRules(id),
+      getSecurityGroupMembers: (id: string) => api.getSecurityGroupMembers(id),
+      getProviderRules: () => api.getProviderRules(),
+    };
+    const other = new FakeKernel();
+    const d = new IptablesFirewallDriver(recordsOnly, { runner: other, allowSameNetTraffic: false, memberMatch: 'ipset' });
+    for (const [i, n] of [[web, webNet], [db, dbNet]] as const) {
+      await d.setupBasicFiltering(i, n);
+      await d.prepareInstanceFilter(i, n);
+    }
+    api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
+    await Promise.all([d.refreshSecurityGroupMembers('db'), driver.refreshSecurityGroupMembers('db')]);
+    expect(d.renderRuleset()).toEqual(driver.renderRuleset());
+    expect(d.renderRuleset().ipset).toContain(`add ${d.names.memberSet('db', 4)} 10.0.0.21`);
+  });
+
   it('expand mode (Nova): a membership refresh rewrites only the chains of groups that name the group', async () => {
     const expand = setup('expand');
     for (const [i, n] of [[web, webNet], [db, dbNet]] as const) await expand.driver.prepareInstanceFilter(i, n);
@@ -111,12 +130,14 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
     api.addRule('web', { protocol: 'tcp', portRangeMin: 443 });
     const ipsetBefore = kernel.ipsetScripts.length;
     const membersRead = vi.spyOn(api, 'getSecurityGroupMembers');
+    const addressesRead = vi.spyOn(api, 'getSecurityGroupMemberAddresses');
     const before = kernel.restoreInputs.length;
     await driver.refreshSecurityGroupRules('web');
     const declared = [...kernel.restoreInputs.slice(before).join('\n').matchAll(/^:(\S+)/gm)].map((m) => m[1]);
     expect(declared).toEqual([driver.names.group('web', 'ingress')]);
     // The members of the group its rules name are kept, not read again nor rewritten.
     expect(membersRead).not.toHaveBeenCalled();
+    expect(addressesRead).not.toHaveBeenCalled();
     expect(kernel.ipsetScripts.length).toBe(ipsetBefore);
   });
 

@@ -2,7 +2,15 @@ import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../../src/errors.js';
 import ipaddr from 'ipaddr.js';
 import { linkLocalFromMac, parseAddress, parseCidr } from '../../src/model/addresses.js';
-import { groupMemberAddresses, memberAddresses, normalizeInstance, normalizeProviderRule, normalizeRule } from '../../src/model/validate.js';
+import {
+  givenMemberAddresses,
+  groupMemberAddresses,
+  memberAddresses,
+  normalizeInstance,
+  normalizeProviderRule,
+  normalizeRule,
+  vouchForMemberAddresses,
+} from '../../src/model/validate.js';
 
 function fieldOf(fn: () => unknown): string {
   try {
@@ -288,5 +296,56 @@ describe('addresses', () => {
     expect(parseCidr('10.0.0.5/24')?.cidr).toBe('10.0.0.0/24');
     expect(parseCidr('10.0.0.5')?.cidr).toBe('10.0.0.5/32');
     expect(parseCidr('2001:db8::1%eth0')).toBeNull();
+  });
+});
+
+describe('member addresses a store gives ready-made', () => {
+  const field = 'securityGroup g member addresses';
+
+  it('gives them canonical, sorted, each once, per family', () => {
+    const given = { 4: ['10.0.0.9', '10.0.0.10', '10.0.0.9'], 6: ['2001:DB8::0:2', '2001:db8::1'] };
+    expect(givenMemberAddresses(given, field)).toEqual({ 4: ['10.0.0.10', '10.0.0.9'], 6: ['2001:db8::1', '2001:db8::2'] });
+    expect(givenMemberAddresses({ 4: [] }, field)).toEqual({ 4: [], 6: [] });
+  });
+
+  it.each([
+    ['not an object', null, field],
+    ['a family that is not a list', { 4: '10.0.0.1', 6: [] }, `${field}[4]`],
+    ['not an address', { 4: ['10.0.0.1', '10.0.1'], 6: [] }, `${field}[4][1]`],
+    ['an address of the other family', { 4: [], 6: ['10.0.0.1'] }, `${field}[6][0]`],
+  ])('names what is wrong: %s', (_label, given, named) => {
+    expect(fieldOf(() => givenMemberAddresses(given, field))).toBe(named);
+  });
+
+  it('checks a frozen answer once, and a changeable one every time it is given', () => {
+    const frozen = Object.freeze({ 4: Object.freeze(['10.0.0.2', '10.0.0.1']), 6: Object.freeze([]) });
+    const first = givenMemberAddresses(frozen, field);
+    expect(first).toEqual({ 4: ['10.0.0.1', '10.0.0.2'], 6: [] });
+    expect(givenMemberAddresses(frozen, field)).toBe(first);
+
+    const open = { 4: ['10.0.0.1'], 6: [] as string[] };
+    expect(givenMemberAddresses(open, field)).toEqual({ 4: ['10.0.0.1'], 6: [] });
+    open[4].push('not an address');
+    expect(fieldOf(() => givenMemberAddresses(open, field))).toBe(`${field}[4][1]`);
+
+    // Frozen, but a getter may answer differently each time: checked every time.
+    let n = 0;
+    const getter = Object.freeze(Object.defineProperty({ 6: Object.freeze([]) }, 4, { get: () => (n++ === 0 ? ['10.0.0.1'] : ['x']), enumerable: true }));
+    expect(givenMemberAddresses(getter, field)).toEqual({ 4: ['10.0.0.1'], 6: [] });
+    expect(fieldOf(() => givenMemberAddresses(getter, field))).toBe(`${field}[4][0]`);
+  });
+
+  it('takes a vouched-for answer as it is, and vouches only for frozen ones', () => {
+    const answer = vouchForMemberAddresses(Object.freeze({ 4: Object.freeze(['10.0.0.1']), 6: Object.freeze([]) }));
+    expect(givenMemberAddresses(answer, field)).toBe(answer);
+    expect(() => vouchForMemberAddresses({ 4: ['10.0.0.1'], 6: [] })).toThrow(TypeError);
+    expect(() => vouchForMemberAddresses(Object.freeze({ 4: ['10.0.0.1'], 6: Object.freeze([]) }))).toThrow(TypeError);
+  });
+
+  it('names a member record\'s parts alone for an empty field', () => {
+    expect(fieldOf(() => memberAddresses({ instance: { id: 'bad id' } }, ''))).toBe('instance.id');
+    expect(
+      fieldOf(() => memberAddresses({ instance: { id: 'm1' }, networkInfo: [{ network: { subnets: [{ ips: [{ address: 'x' }] }] } }] }, '')),
+    ).toBe('networkInfo[0].network.subnets[0].ips[0].address');
   });
 });
