@@ -61,6 +61,8 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   /** instances whose rules changed during the deferred batch, for their status */
   readonly #deferredIds = new Set<string>();
   readonly #appliedAt = new Map<string, Date>();
+  /** when the members of a group were last written: the last apply of every instance whose rules name it */
+  readonly #membersAppliedAt = new Map<string, Date>();
   #cleanups: Promise<void> = Promise.resolve();
   /** instances unfiltered in a deferred batch: their connections go once the batch is applied */
   #cleanupsAfterBatch: InstanceView[] = [];
@@ -188,7 +190,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     const members = await this.#fetchMembers(groupId, true);
     if (!this.model.hasMembers(groupId)) return;
     this.#commit({ rules: new Map(), members: new Map([[groupId, members]]) });
-    await this.apply(this.model.usersNaming([groupId]));
+    await this.#applyMembers([groupId]);
   }
 
   override async refreshInstanceSecurityRules(instance: Instance): Promise<void> {
@@ -236,10 +238,11 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   /** Per-instance state, for `virtfw status`. */
   override status(): InstanceStatus[] {
     const ids = new Set([...this.model.instances.keys(), ...this.model.basic.keys()]);
+    for (const groupId of this.#membersAppliedAt.keys()) if (!this.model.hasMembers(groupId)) this.#membersAppliedAt.delete(groupId);
     return [...ids].sort().map((instanceId) => ({
       instanceId,
       filtered: this.#isFiltered(instanceId),
-      lastApply: this.#appliedAt.get(instanceId)?.toISOString() ?? null,
+      lastApply: this.#lastApply(instanceId)?.toISOString() ?? null,
       lastError: this.#pendingError.get(instanceId) ?? null,
     }));
   }
@@ -247,6 +250,18 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
   /** Ids of the instances this driver filters. */
   filteredInstances(): string[] {
     return [...this.model.instances.keys()];
+  }
+
+  /** Its own last apply, or a later one of the members of a group its rules name. */
+  #lastApply(id: string): Date | undefined {
+    let last = this.#appliedAt.get(id);
+    for (const groupId of this.model.instances.get(id)?.groupIds ?? []) {
+      for (const named of this.model.remotesOf(this.model.groups.get(groupId) ?? [])) {
+        const at = this.#membersAppliedAt.get(named);
+        if (at && (!last || at > last)) last = at;
+      }
+    }
+    return last;
   }
 
   #isFiltered(id: string): boolean {
@@ -293,7 +308,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     const fetched = new Map<string, MemberAddresses>();
     for (const groupId of groups) fetched.set(groupId, await this.#fetchMembers(groupId, true));
     this.#commit({ rules: new Map(), members: fetched });
-    await this.apply(this.model.usersNaming(groups));
+    await this.#applyMembers(groups);
   }
 
   async #readRules(groupId: string): Promise<NormalizedRule[]> {
@@ -367,18 +382,42 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
       return;
     }
     const ids = [...new Set(instances)];
-    try {
-      await this.write();
-    } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      for (const id of ids) this.#pendingError.set(id, message);
-      this.log.error({ err: message, instances: ids.length }, 'apply failed; previous ruleset kept');
-      throw err;
-    }
+    await this.#write(() => ids);
     const now = new Date();
     for (const id of ids) {
       if (this.model.instances.has(id) || this.model.basic.has(id)) this.#appliedAt.set(id, now);
       this.#pendingError.delete(id);
+    }
+  }
+
+  /**
+   * `apply` for new members of groups. What it records for the instances
+   * whose rules name them is recorded once per group (their last apply is the
+   * group's), so a membership change costs the same whether the group is
+   * named by the rules of ten instances or of a thousand.
+   */
+  async #applyMembers(groupIds: readonly string[]): Promise<void> {
+    // Deferred, the instances go with the batch; with an error pending, the
+    // instances it names are cleared one by one.
+    if (this.#deferred || this.#pendingError.size > 0) return this.apply(this.model.usersNaming(groupIds));
+    await this.#write(() => this.model.usersNaming(groupIds));
+    const now = new Date();
+    for (const groupId of groupIds) this.#membersAppliedAt.set(groupId, now);
+  }
+
+  /** Writes; when that fails, records the error for the instances `affected` names and rethrows. */
+  async #write(affected: () => Iterable<string>): Promise<void> {
+    try {
+      await this.write();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      let instances = 0;
+      for (const id of affected()) {
+        this.#pendingError.set(id, message);
+        instances++;
+      }
+      this.log.error({ err: message, instances }, 'apply failed; previous ruleset kept');
+      throw err;
     }
   }
 

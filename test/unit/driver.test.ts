@@ -86,6 +86,26 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
     expect(kernel.ipsetScripts.slice(ipsetBefore)).toEqual([`add ${driver.names.memberSet('db', 4)} 10.0.0.21 -exist\nadd ${driver.names.memberSet('db', 6)} 2001:db8::15 -exist\n`]);
   });
 
+  it('a membership change is the last apply of the instances whose rules name the group; a failed one is their error', async () => {
+    const lastApply = (id: string) => driver.status().find((s) => s.instanceId === id)?.lastApply ?? '';
+    const lastError = (id: string) => driver.status().find((s) => s.instanceId === id)?.lastError;
+    const dbBefore = lastApply('d1');
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    api.putInstance({ id: 'd2' }, [vif(21)], ['db']);
+    await driver.refreshSecurityGroupMembers('db');
+    expect(lastApply('w1') > dbBefore).toBe(true); // web's rules name db
+    expect(lastApply('d1')).toBe(dbBefore); // db's name only web
+
+    api.putInstance({ id: 'd3' }, [vif(22)], ['db']);
+    kernel.failNext('ipset', 'ipset v7.17: Kernel error received: out of memory');
+    await expect(driver.refreshSecurityGroupMembers('db')).rejects.toBeInstanceOf(ApplyError);
+    expect(lastError('w1')).toMatch(/out of memory/);
+    expect(lastError('d1')).toBeNull();
+    await driver.refreshSecurityGroupMembers('db');
+    expect(lastError('w1')).toBeNull();
+    expect(kernel.ipsetScripts.join('\n')).toContain(`10.0.0.22`);
+  });
+
   it('reads a group\'s members from their records when the store gives no ready-made addresses', async () => {
     const recordsOnly = {
       getInstanceSecurityGroups: (id: string) => api.getInstanceSecurityGroups(id),
