@@ -66,12 +66,16 @@ interface DesiredSet {
 /** A set whose members are unknown (found by a listing): it is rewritten whole. */
 const UNKNOWN: readonly string[] = Object.freeze([]);
 
-/** The list sorted, each once: itself when it already is (a group's member list always is). */
+/**
+ * The list sorted, each once, as the manager keeps it: a frozen list that
+ * already is (a group's member list from the store) is kept as it is, any
+ * other is copied, so a caller's later change to it cannot reach the manager.
+ */
 function sortedMembers(list: readonly string[]): readonly string[] {
   for (let i = 1; i < list.length; i++) {
     if (!((list[i - 1] as string) < (list[i] as string))) return [...new Set(list)].sort();
   }
-  return list;
+  return Object.isFrozen(list) ? list : [...list];
 }
 
 /**

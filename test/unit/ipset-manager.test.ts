@@ -52,3 +52,16 @@ describe('IpsetManager member changes', () => {
     expect(kernel.ipsetScripts.at(-1)).toBe(`create ${set} hash:ip family inet maxelem 262144 -exist\nadd ${set} 10.0.0.3\n`);
   });
 });
+
+describe('IpsetManager keeps its own members', () => {
+  it('a caller changing its list after setMembers changes nothing the manager writes', async () => {
+    const kernel = new FakeKernel();
+    const m = new IpsetManager({ names, runner: kernel });
+    const list = ['10.0.0.1', '10.0.0.2'];
+    m.setMembers(set, 4, list);
+    list.push('10.0.0.3');
+    await m.apply();
+    expect(kernel.ipsetScripts.at(-1)).not.toContain('10.0.0.3');
+    expect(m.memberCount()).toBe(2);
+  });
+});
