@@ -23,9 +23,9 @@ export class NotImplementedError extends FirewallError {
 export interface InstanceStatus {
   instanceId: string;
   filtered: boolean;
-  /** ISO time of the last apply that wrote this instance's rules */
+  /** ISO time of the last apply that wrote this instance's rules (or the members of a group its rules name) */
   lastApply: string | null;
-  /** the error of the last failed apply that should have written them */
+  /** the error of a failed apply that should have written them, until an apply succeeds (which writes them too) */
   lastError: string | null;
 }
 

@@ -384,10 +384,7 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
     const ids = [...new Set(instances)];
     await this.#write(() => ids);
     const now = new Date();
-    for (const id of ids) {
-      if (this.model.instances.has(id) || this.model.basic.has(id)) this.#appliedAt.set(id, now);
-      this.#pendingError.delete(id);
-    }
+    for (const id of ids) if (this.model.instances.has(id) || this.model.basic.has(id)) this.#appliedAt.set(id, now);
   }
 
   /**
@@ -397,18 +394,23 @@ export abstract class ModelFirewallDriver extends FirewallDriver {
    * named by the rules of ten instances or of a thousand.
    */
   async #applyMembers(groupIds: readonly string[]): Promise<void> {
-    // Deferred, the instances go with the batch; with an error pending, the
-    // instances it names are cleared one by one.
-    if (this.#deferred || this.#pendingError.size > 0) return this.apply(this.model.usersNaming(groupIds));
+    if (this.#deferred) return this.apply(this.model.usersNaming(groupIds)); // they go with the batch
     await this.#write(() => this.model.usersNaming(groupIds));
     const now = new Date();
     for (const groupId of groupIds) this.#membersAppliedAt.set(groupId, now);
   }
 
-  /** Writes; when that fails, records the error for the instances `affected` names and rethrows. */
+  /**
+   * Writes; when that fails, records the error for the instances `affected`
+   * names and rethrows. A write that succeeds clears every error recorded
+   * before it: a failed write keeps what it wanted pending (the backends
+   * re-read the kernel and write it again), so once one succeeds the kernel
+   * holds everything wanted, including what had failed.
+   */
   async #write(affected: () => Iterable<string>): Promise<void> {
     try {
       await this.write();
+      this.#pendingError.clear();
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       let instances = 0;

@@ -243,6 +243,18 @@ describe('IptablesFirewallDriver (fake kernel)', () => {
     expect(driver.status().find((s) => s.instanceId === 'w1')?.lastError).toBeNull();
   });
 
+  it('any write that succeeds writes what an earlier one failed to, and clears its error', async () => {
+    api.addRule('web', { protocol: 'tcp', portRangeMin: 8443 });
+    kernel.failNext('iptables-restore', 'Error occurred at line: 2');
+    await expect(driver.refreshSecurityGroupRules('web')).rejects.toBeInstanceOf(ApplyError);
+    expect(driver.status().find((s) => s.instanceId === 'w1')?.lastError).toMatch(/iptables-restore failed/);
+    // A change that concerns only d1 (db's rules name web): the failed rule of web goes in with it.
+    api.putInstance({ id: 'w2' }, [vif(11)], ['web']);
+    await driver.refreshSecurityGroupMembers('web');
+    expect(kernel.save('4')).toContain('--dport 8443');
+    expect(driver.status().map((s) => s.lastError)).toEqual([null, null]);
+  });
+
   it('when the anti-spoofing of a new VIF fails, no iptables rule is written for it, and the next apply writes both', async () => {
     const n2 = { id: 'n2' };
     const n2Net = [vif(30)];
