@@ -10,12 +10,6 @@ import type { IpVersion } from '../model/types.js';
 import { vouchForMemberAddresses } from '../model/validate.js';
 import type { MemberAddressList } from './virtapi.js';
 
-/** A member's addresses per family, each checked and canonical (repeats allowed). */
-export interface AddressesOf {
-  readonly 4: readonly string[];
-  readonly 6: readonly string[];
-}
-
 interface GroupAddresses {
   counts: Map<string, number>;
   sorted: { 4: string[]; 6: string[] };
@@ -40,8 +34,8 @@ function position(list: readonly string[], value: string): number {
 export class GroupAddressIndex {
   readonly #groups = new Map<string, GroupAddresses>();
 
-  /** A member with these addresses joined the group. */
-  add(groupId: string, addresses: AddressesOf): void {
+  /** A member with these addresses (checked and canonical, as `memberAddresses` gives them) joined the group. */
+  add(groupId: string, addresses: MemberAddressList): void {
     let group = this.#groups.get(groupId);
     if (!group) this.#groups.set(groupId, (group = { counts: new Map(), sorted: { 4: [], 6: [] }, answer: null }));
     for (const v of VERSIONS) {
@@ -57,7 +51,7 @@ export class GroupAddressIndex {
   }
 
   /** A member with these addresses left the group (or is about to come back with others). */
-  remove(groupId: string, addresses: AddressesOf): void {
+  remove(groupId: string, addresses: MemberAddressList): void {
     const group = this.#groups.get(groupId);
     if (!group) return;
     for (const v of VERSIONS) {

@@ -8,16 +8,16 @@
  */
 import type { Instance, NetworkInfo, ProviderRule, SecurityGroup, SecurityGroupRule } from '../model/types.js';
 import { memberAddresses } from '../model/validate.js';
-import { GroupAddressIndex, type AddressesOf } from './address-index.js';
+import { GroupAddressIndex } from './address-index.js';
 import type { InstanceRecord, MemberAddressList, VirtAPI } from './virtapi.js';
 
 interface StoredInstance extends InstanceRecord {
   groupIds: string[];
   /** its addresses as a member of its groups (none when deleted) */
-  addresses: AddressesOf;
+  addresses: MemberAddressList;
 }
 
-const NO_ADDRESSES: AddressesOf = { 4: [], 6: [] };
+const NO_ADDRESSES: MemberAddressList = { 4: [], 6: [] };
 
 export class InMemoryVirtAPI implements VirtAPI {
   readonly #groups = new Map<string, SecurityGroup>();
